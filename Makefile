@@ -1,0 +1,39 @@
+# m2ugen — `make demo` and `make test` work on a fresh machine (they run `setup` first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.m2ugen-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-all demo lint examples clean
+
+setup: $(STAMP)
+
+# Re-installs only when requirements.txt or pyproject.toml change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# the longer end-to-end runs too
+test-all: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow or not slow"
+
+examples: setup
+	$(BIN)/python examples/make_examples.py
+
+demo: setup examples
+	$(BIN)/m2ugen chat --model tiny --audio examples/media/piano_120bpm.wav \
+		--max-new-tokens 48 --seed 0 --music never "Describe this music."
+
+lint: setup
+	$(BIN)/ruff check m2ugen tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) ckpts/tiny ckpts/tiny-audioldm2 .pytest_cache

@@ -1,0 +1,1 @@
+"""The MUImage pipeline: run its numbered steps in order with one --out folder (README.md)."""

@@ -1,0 +1,296 @@
+"""Conversation template, token generation (KV cache, sampling, streaming) and chat turns.
+
+The prompt is the published Alpaca template (ORIGINAL_M2UGEN.md §2); earlier turns are
+kept in the same format and the oldest are dropped first when the context is full.
+Generation stops at EOS, at a new "\\n###", or after the last [AUD] token. Once the model
+emits [AUD0] the remaining [AUD1..] tokens are forced, and the hidden states (last layer,
+before the final norm) at the positions that predict each [AUDi] are returned: they are
+the input of the music generation path.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, TopPLogitsWarper
+
+from m2ugen.errors import ChatError
+from m2ugen.music import MusicResult, MusicSettings, render_music
+
+STOP_TEXT = "\n###"
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling settings; temperature 0 means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.6  # published demo settings
+    top_p: float = 0.8
+    seed: int | None = None
+    use_cache: bool = True
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ChatError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ChatError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ChatError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Turn:
+    user: str
+    assistant: str  # as generated, [AUD] tokens included: the model sees its own replies
+
+
+@dataclass
+class ChatResult:
+    """One assistant reply.
+
+    `audio_hidden` is (num_audio_tokens, D): the pre-norm last-layer hidden states at the
+    positions predicting [AUD0..]; None when the reply holds no audio tokens.
+    """
+
+    text: str
+    raw_text: str
+    token_ids: list[int]
+    audio_hidden: torch.Tensor | None
+    inputs_used: tuple[str, ...]
+    seed: int
+    dropped_turns: int = 0
+    music: MusicResult | None = None
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
+    media_prompts: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def has_audio_tokens(self) -> bool:
+        return self.audio_hidden is not None
+
+
+def format_prompt(template: str, history: list[Turn], instruction: str) -> str:
+    """The template applied to the history and the new instruction.
+
+    The first turn is exactly the published single-turn prompt; later turns repeat the
+    part of the template from the "### Instruction:" line on.
+    """
+    pre, post = template.split("{instruction}", 1)
+    cut = pre.rfind("\n\n")
+    turn_pre = "\n\n" + (pre[cut + 2:] if cut >= 0 else pre)
+    parts = []
+    for i, turn in enumerate([*history, Turn(instruction, "")]):
+        parts.append((pre if i == 0 else turn_pre) + turn.user + post + turn.assistant)
+    return "".join(parts)
+
+
+def build_prompt_ids(tokenizer, template: str, history: list[Turn], instruction: str,
+                     budget: int) -> tuple[list[int], int]:
+    """Token ids of the prompt (BOS first) fitting `budget` tokens; drops oldest turns first.
+
+    Returns (ids, number of dropped turns).
+    """
+    for dropped in range(len(history) + 1):
+        text = format_prompt(template, history[dropped:], instruction)
+        ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]
+        if len(ids) <= budget:
+            return ids, dropped
+    raise ChatError(f"the message is {len(ids)} tokens but only {budget} fit in the context "
+                    "with the requested reply length; shorten it or lower --max-new-tokens")
+
+
+def _sample(logits: torch.Tensor, settings: GenerationSettings,
+            gen: torch.Generator) -> torch.Tensor:
+    """(1, V) logits → (1,) next token."""
+    if settings.temperature == 0:
+        return logits.argmax(-1)
+    scores = logits / settings.temperature
+    if settings.top_p < 1:
+        scores = TopPLogitsWarper(settings.top_p)(None, scores)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+
+def generate_tokens(llm, ids: list[int], prompts: torch.Tensor, settings: GenerationSettings,
+                    seed: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (token id, pre-norm hidden state (D,) that predicted it), one per step.
+
+    With `use_cache` the KV cache makes each step one token; without it the whole
+    sequence is re-run every step (the published behaviour; kept for comparison).
+    """
+    device = prompts.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    audio_ids = llm.audio_token_ids
+    seq = torch.tensor([ids], device=device)
+    step_input = seq
+    cache = DynamicCache() if settings.use_cache else None
+    forced: list[int] = []
+    with torch.no_grad(), llm.prompts(prompts), llm.capture_last_hidden() as captured:
+        for _ in range(settings.max_new_tokens):
+            if cache is not None:
+                out = llm(step_input, past_key_values=cache, use_cache=True)
+            else:
+                out = llm(seq, use_cache=False)
+            hidden = captured[-1][0, -1]
+            captured.clear()
+            if forced:
+                token = forced.pop(0)
+            else:
+                logits = out.logits[:, -1].float()
+                logits[:, audio_ids[1:]] = float("-inf")  # [AUD1..] only follow [AUD0]
+                token = int(_sample(logits, settings, gen)[0])
+                if token == audio_ids[0]:
+                    forced = list(audio_ids[1:])
+            yield token, hidden
+            step_input = torch.tensor([[token]], device=device)
+            seq = torch.cat([seq, step_input], dim=1)
+
+
+class ReplyStream:
+    """Iterate for text pieces as they are generated; `.result` holds the final reply."""
+
+    def __init__(self, session: ChatSession, instruction: str, ids: list[int],
+                 prompts: torch.Tensor, settings: GenerationSettings, seed: int,
+                 inputs_used: tuple[str, ...], dropped: int) -> None:
+        self._session = session
+        self._instruction = instruction
+        self._ids = ids
+        self._prompts = prompts
+        self._tokens = generate_tokens(session.model.llm, ids, prompts, settings, seed)
+        self._seed = seed
+        self._inputs_used = inputs_used
+        self._dropped = dropped
+        self.result: ChatResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        tok = self._session.model.tokenizer
+        llm = self._session.model.llm
+        audio_ids = llm.audio_token_ids
+        text_ids: list[int] = []
+        all_ids: list[int] = []
+        hidden_at: dict[int, torch.Tensor] = {}
+        shown = ""
+        for token, hidden in self._tokens:
+            if token == tok.eos_token_id:
+                break
+            all_ids.append(token)
+            if token in audio_ids:
+                hidden_at[audio_ids.index(token)] = hidden
+                if token == audio_ids[-1]:
+                    break
+                continue
+            text_ids.append(token)
+            text = tok.decode(text_ids, skip_special_tokens=True)
+            if STOP_TEXT in text:
+                break
+            # show only the stable part: text before an undecodable byte (a later byte may
+            # complete it) and before a possible start of the stop text
+            bad = text.find("\ufffd")
+            safe = text if bad < 0 else text[:bad]
+            for k in range(len(STOP_TEXT) - 1, 0, -1):
+                if safe.endswith(STOP_TEXT[:k]):
+                    safe = safe[:-k]
+                    break
+            if len(safe) > len(shown) and safe.startswith(shown):
+                yield safe[len(shown):]
+                shown = safe
+        text = tok.decode(text_ids, skip_special_tokens=True).split(STOP_TEXT)[0].rstrip()
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
+        final = text.strip()
+        audio_hidden = None
+        if len(hidden_at) == len(audio_ids):
+            audio_hidden = torch.stack([hidden_at[i] for i in range(len(audio_ids))])
+        raw = final + (" " + "".join(tok.convert_ids_to_tokens(audio_ids))
+                       if audio_hidden is not None else "")
+        self.result = ChatResult(text=final, raw_text=raw.strip(), token_ids=all_ids,
+                                 audio_hidden=audio_hidden, inputs_used=self._inputs_used,
+                                 seed=self._seed, dropped_turns=self._dropped,
+                                 prompt_ids=self._ids, media_prompts=self._prompts)
+        self._session.history.append(Turn(self._instruction, raw.strip()))
+
+
+class ChatSession:
+    """A conversation with one model: history plus the media attached so far.
+
+    Media attached in a turn stays in the conversation until replaced, so follow-up
+    questions about the same song still see it.
+    """
+
+    def __init__(self, model, max_context: int | None = None) -> None:
+        self.model = model
+        limit = model.llm.hf_config.max_position_embeddings
+        self.max_context = min(max_context or model.config.max_context, limit)
+        self.history: list[Turn] = []
+        self.media: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        self.history.clear()
+        self.media.clear()
+
+    def stream(self, message: str, *, audio: Any = None, image: Any = None, video: Any = None,
+               settings: GenerationSettings | None = None) -> ReplyStream:
+        """Start a reply to `message`; iterate the returned stream for text pieces."""
+        settings = settings or GenerationSettings()
+        settings.validate()
+        if not message.strip():
+            raise ChatError("the message is empty; type an instruction or a question")
+        for name, value in (("audio", audio), ("image", image), ("video", video)):
+            if value is not None:
+                self.media[name] = value
+        budget = self.max_context - settings.max_new_tokens
+        if budget < 2:
+            raise ChatError(f"max_new_tokens={settings.max_new_tokens} leaves no room for the "
+                            f"prompt in a {self.max_context}-token context; lower it")
+        ids, dropped = build_prompt_ids(self.model.tokenizer, self.model.config.prompt_template,
+                                        self.history, message, budget)
+        del self.history[:dropped]
+        with torch.no_grad():
+            prompts = self.model.media_prompts(1, **self.media)
+        seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(
+            2**31)
+        return ReplyStream(self, message, ids, prompts, settings, seed,
+                           tuple(sorted(self.media)), dropped)
+
+    def render(self, result: ChatResult, settings: MusicSettings) -> MusicResult | None:
+        """Render music for `result` per `settings.music`; stores it in `result.music`.
+
+        With music="always" and a reply that holds no [AUD] tokens, the tokens are appended
+        after the reply and run through the LLM to get their hidden states.
+        """
+        settings.validate()
+        if settings.music == "never":
+            return None
+        hidden = result.audio_hidden
+        if hidden is None:
+            if settings.music == "auto":
+                return None
+            model = self.model
+            tok = model.tokenizer
+            text_ids = tok(result.text, add_special_tokens=False).input_ids if result.text else []
+            ids = [*result.prompt_ids, *text_ids, *model.llm.audio_token_ids]
+            hidden = model.audio_token_hidden(ids, result.media_prompts)
+            result.audio_hidden = hidden
+            tokens = "".join(model.config.audio_tokens)
+            result.raw_text = f"{result.text} {tokens}".strip()
+            if self.history and self.history[-1].assistant == result.text:
+                self.history[-1].assistant = result.raw_text
+        result.music = render_music(self.model, hidden, result.text, settings)
+        return result.music
+
+    def send(self, message: str, music: MusicSettings | None = None,
+             **kwargs: Any) -> ChatResult:
+        """Generate the whole reply (and its music, per `music`) and return it."""
+        if music is not None:
+            music.validate()  # before spending time on the reply
+        stream = self.stream(message, **kwargs)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        if music is not None:
+            self.render(stream.result, music)
+        return stream.result

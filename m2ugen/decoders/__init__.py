@@ -1,0 +1,68 @@
+"""Music decoders behind one small interface (MusicGen, AudioLDM2).
+
+A decoder turns conditioning states — the output projector's, divided by 10 — into a
+waveform, and gives the stage-2 regression target for captions: 10 × its own
+conditioning of the caption (ORIGINAL_M2UGEN.md §4).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from m2ugen.errors import ConfigError
+
+TARGET_SCALE = 10.0  # published: projector regresses 10 × the decoder's conditioning
+
+
+class MusicDecoder(ABC):
+    """What M2UGen needs from a music decoder."""
+
+    kind: str
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int:
+        """Output waveform rate (Hz)."""
+
+    @property
+    @abstractmethod
+    def cond_shape(self) -> tuple[int, int]:
+        """(N tokens, width) of the conditioning the projector must produce."""
+
+    @abstractmethod
+    def target(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(10 × conditioning (B, N, W), mask (B, N, W) — False at padded positions)."""
+
+    @abstractmethod
+    def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float,
+                 seed: int, steps: int | None = None) -> np.ndarray:
+        """Conditioning (B, N, W) (already ÷ 10) → waveforms (B, samples) float32."""
+
+    @abstractmethod
+    def generate_from_text(self, texts: list[str], seconds: float, guidance: float,
+                           seed: int, steps: int | None = None) -> np.ndarray:
+        """The published behaviour: prompt the decoder with text → waveforms (B, samples)."""
+
+    def fit_length(self, audio: np.ndarray, seconds: float) -> np.ndarray:
+        """Cut or zero-pad (B, samples) to exactly `seconds`."""
+        n = int(round(seconds * self.sample_rate))
+        audio = audio[:, :n]
+        if audio.shape[1] < n:
+            audio = np.pad(audio, ((0, 0), (0, n - audio.shape[1])))
+        return audio.astype(np.float32)
+
+
+def load_decoder(kind: str, path: str, device: torch.device, dtype: torch.dtype) -> MusicDecoder:
+    """Load the decoder named by the config's `decoder` kind and `decoder_path`."""
+    if kind == "musicgen":
+        from m2ugen.decoders.musicgen import MusicGenDecoder
+
+        return MusicGenDecoder.from_pretrained(path, device, dtype)
+    if kind == "audioldm2":
+        from m2ugen.decoders.audioldm2 import AudioLDM2Decoder
+
+        return AudioLDM2Decoder.from_pretrained(path, device, dtype)
+    raise ConfigError(f"decoder kind {kind!r} is unknown; use musicgen or audioldm2")

@@ -1,0 +1,113 @@
+"""AudioLDM2 (diffusers) as an M2UGen decoder, conditioned on projector states.
+
+The projector emits one token holding 128 T5 states and 8 GPT-2 states, flattened
+(ORIGINAL_M2UGEN.md §4); they become `prompt_embeds` and `generated_prompt_embeds`. The
+negative prompt "Low quality." is encoded by the pipeline itself and padded to the
+positive shape (STACK.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AudioLDM2Pipeline
+from transformers import GPT2LMHeadModel
+
+from m2ugen.decoders import TARGET_SCALE, MusicDecoder
+
+NEGATIVE_PROMPT = "Low quality."
+DEFAULT_STEPS = 100
+
+
+class AudioLDM2Decoder(MusicDecoder):
+    kind = "audioldm2"
+
+    def __init__(self, pipe: AudioLDM2Pipeline) -> None:
+        self.pipe = pipe
+        self.pipe.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: torch.device,
+                        dtype: torch.dtype) -> AudioLDM2Decoder:
+        # some hub repos store a bare GPT2Model, which the pipeline cannot generate with
+        # under transformers 5; the LM-head class loads the same weights (tied head)
+        lm = GPT2LMHeadModel.from_pretrained(path, subfolder="language_model", dtype=dtype)
+        pipe = AudioLDM2Pipeline.from_pretrained(path, language_model=lm, torch_dtype=dtype)
+        return cls(pipe.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.pipe.vocoder.config.sampling_rate)
+
+    @property
+    def t5_shape(self) -> tuple[int, int]:
+        return (int(self.pipe.tokenizer_2.model_max_length),
+                int(self.pipe.text_encoder_2.config.d_model))
+
+    @property
+    def gpt2_shape(self) -> tuple[int, int]:
+        return 8, int(self.pipe.language_model.config.n_embd)
+
+    @property
+    def cond_shape(self) -> tuple[int, int]:
+        (lt, wt), (lg, wg) = self.t5_shape, self.gpt2_shape
+        return 1, lt * wt + lg * wg
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(T5 states (B, L, Wt) padded to L, their mask (B, L), GPT-2 states (B, 8, Wg))."""
+        embeds, mask, generated = self.pipe.encode_prompt(
+            texts, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False)
+        length = self.t5_shape[0]
+        pad = length - embeds.shape[1]
+        if pad > 0:
+            embeds = torch.nn.functional.pad(embeds, (0, 0, 0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad))
+        return embeds[:, :length], mask[:, :length], generated
+
+    def _split(self, conditioning: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (lt, wt), (lg, wg) = self.t5_shape, self.gpt2_shape
+        flat = conditioning.reshape(conditioning.shape[0], -1)
+        return flat[:, : lt * wt].view(-1, lt, wt), flat[:, lt * wt:].view(-1, lg, wg)
+
+    @torch.no_grad()
+    def target(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, mask, generated = self._encode(captions)
+        b = embeds.shape[0]
+        target = torch.cat([embeds.reshape(b, -1), generated.reshape(b, -1)], dim=1)[:, None]
+        t5_mask = mask.bool()[:, :, None].expand_as(embeds).reshape(b, -1)
+        full = torch.cat([t5_mask, torch.ones(b, generated[0].numel(), dtype=torch.bool,
+                                              device=t5_mask.device)], dim=1)[:, None]
+        return TARGET_SCALE * target, full
+
+    def _run(self, seconds: float, guidance: float, seed: int, steps: int | None,
+             **conditioning) -> np.ndarray:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        out = self.pipe(audio_length_in_s=seconds, num_inference_steps=steps or DEFAULT_STEPS,
+                        guidance_scale=guidance, generator=gen, num_waveforms_per_prompt=1,
+                        output_type="np", **conditioning)
+        return self.fit_length(np.asarray(out.audios).reshape(out.audios.shape[0], -1), seconds)
+
+    @torch.no_grad()
+    def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float, seed: int,
+                 steps: int | None = None) -> np.ndarray:
+        dtype = self.pipe.unet.dtype
+        embeds, generated = self._split(conditioning.to(self.device, dtype))
+        b = embeds.shape[0]
+        neg_embeds, neg_mask, neg_generated = self._encode([NEGATIVE_PROMPT] * b)
+        return self._run(seconds, guidance, seed, steps, prompt_embeds=embeds,
+                         attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
+                                                   device=self.device),
+                         generated_prompt_embeds=generated,
+                         negative_prompt_embeds=neg_embeds.to(dtype),
+                         negative_attention_mask=neg_mask,
+                         negative_generated_prompt_embeds=neg_generated.to(dtype))
+
+    @torch.no_grad()
+    def generate_from_text(self, texts: list[str], seconds: float, guidance: float, seed: int,
+                           steps: int | None = None) -> np.ndarray:
+        return self._run(seconds, guidance, seed, steps, prompt=texts,
+                         negative_prompt=[NEGATIVE_PROMPT] * len(texts))

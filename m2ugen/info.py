@@ -1,0 +1,163 @@
+"""`m2ugen info DIR`: what a model directory is made of, read from configs and file headers.
+
+Nothing is loaded into memory: parameter counts come from safetensors headers, sizes from
+the components' config files. The helpers here (component configs → feature / conditioning
+shapes) are also what `m2ugen convert-original` checks a checkpoint against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from m2ugen.checkpoint import TRAINED_NAME
+from m2ugen.config import M2UGenConfig, resolve_component
+from m2ugen.errors import ConfigError
+
+COMPONENTS = ("llm", "tokenizer", "mert", "vit", "vivit", "decoder_path")
+
+
+def component_dir(ref: str) -> Path | None:
+    """The local directory of a component: the path itself, or its hub-cache snapshot."""
+    if Path(ref).is_dir():
+        return Path(ref)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(ref, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError):  # not cached / not a valid repo id
+        return None
+
+
+def read_config(ref: str, flag: str, subfolder: str = "") -> dict[str, Any]:
+    """A component's config.json as a dict; ConfigError naming the flag when unreadable."""
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(ref, subfolder=subfolder)
+    except OSError as e:
+        raise ConfigError(f"cannot read the config of {ref} (given to {flag}): "
+                          f"{str(e).splitlines()[0]}; pass a local directory or a cached hub "
+                          "id, or --skip-checks") from e
+    return raw
+
+
+def encoder_features(kind: str, cfg: dict[str, Any]) -> tuple[int, int]:
+    """(tokens, width) an encoder emits, from its config: kind is mert, vit or vivit."""
+    width = int(cfg["hidden_size"])
+    if kind == "mert":  # every hidden state: layers + embeddings
+        return int(cfg["num_hidden_layers"]) + 1, width
+    size = cfg["image_size"]
+    if kind == "vit":
+        return (size // cfg["patch_size"]) ** 2 + 1, width
+    t, h, w = cfg["tubelet_size"]
+    return (cfg["num_frames"] // t) * (size // h) * (size // w) + 1, width
+
+
+def decoder_cond_shape(kind: str, ref: str) -> tuple[int, int]:
+    """(tokens, width) of the conditioning the decoder takes (ORIGINAL_M2UGEN.md §4)."""
+    if kind == "musicgen":
+        cfg = read_config(ref, "--decoder-path")
+        return 128, int(cfg["text_encoder"]["d_model"])
+    t5 = read_config(ref, "--decoder-path", "text_encoder_2")
+    gpt2 = read_config(ref, "--decoder-path", "language_model")
+    return 1, 128 * int(t5["d_model"]) + 8 * int(gpt2["n_embd"])
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor dtypes, shapes, offsets)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def count_params(directory: Path) -> tuple[int, int]:
+    """(parameters, bytes) over every safetensors file under `directory`."""
+    params = size = 0
+    for f in sorted(directory.rglob("*.safetensors")):
+        for info in safetensors_header(f).values():
+            n = 1
+            for d in info["shape"]:
+                n *= d
+            params += n
+            size += info["data_offsets"][1] - info["data_offsets"][0]
+    return params, size
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", " K", " M", " G", " T"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{suffix}{unit}" if suffix else f"{int(n)}{unit and ' ' + unit}"
+        n /= 1000
+    return f"{n:.1f} P{unit}"
+
+
+def describe(directory: str | Path) -> str:
+    """A report of a model directory: components with parameter counts, trained tensors."""
+    from m2ugen.model import tensor_group
+
+    directory = Path(directory)
+    config = M2UGenConfig.load(directory)
+    lines = [f"model directory {directory} ({config.name}, decoder {config.decoder}, "
+             f"format {config.format_version})", "components:"]
+    for key in COMPONENTS:
+        ref = resolve_component(getattr(config, key), directory)
+        local = component_dir(ref)
+        if key == "tokenizer":
+            where = "local" if local else "hub (not cached)"
+            lines.append(f"  {key:<13} {ref}  [{where}]")
+            continue
+        if local is None:
+            lines.append(f"  {key:<13} {ref}  [hub id, not in the local cache: size unknown]")
+            continue
+        params, size = count_params(local)
+        lines.append(f"  {key:<13} {ref}  {_human(params)} parameters, {_human(size, 'B')}")
+    c = config
+    lines.append(f"sizes: llm_dim {c.llm_dim}, Q {c.query_layers}, LoRA rank {c.lora_rank} "
+                 f"(alpha {c.lora_alpha}), MERT {c.mert_layers}×{c.mert_dim}, ViT "
+                 f"{c.vit_tokens}×{c.vit_dim}, ViViT {c.vivit_tokens}×{c.vivit_dim}, projector "
+                 f"{c.projector_tokens}×{c.projector_dim}, adapters {c.adapter_norm}")
+    trained = directory / TRAINED_NAME
+    if not trained.is_file():
+        lines.append(f"trained tensors: none ({TRAINED_NAME} missing: the model is UNTRAINED)")
+        return "\n".join(lines)
+    header = safetensors_header(trained)
+    groups: Counter = Counter()
+    values: Counter = Counter()
+    for name, info in header.items():
+        n = 1
+        for d in info["shape"]:
+            n *= d
+        group = tensor_group(name) or "unknown"
+        groups[group] += 1
+        values[group] += n
+    total_bytes = trained.stat().st_size
+    lines.append(f"trained tensors: {len(header)} ({_human(sum(values.values()))} values, "
+                 f"{_human(total_bytes, 'B')} in {TRAINED_NAME})")
+    lines += [f"  {g:<13} {groups[g]:>5} tensors  {_human(values[g])} values"
+              for g in sorted(groups)]
+    if c.extra_token_rows:
+        lines.append(f"  ({len(c.extra_token_rows)} base-vocabulary token rows are trained too)")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.dir)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: not a model directory")
+    print(describe(path))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `m2ugen info`."""
+    p = sub.add_parser("info", help="show a model directory's components and trained tensors")
+    p.add_argument("dir", help="model directory")
+    p.set_defaults(func=cmd_info)

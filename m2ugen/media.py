@@ -1,0 +1,346 @@
+"""Load user media (audio, image, video) into arrays the encoders accept, and save audio.
+
+Every loader checks the path first and turns any decoding problem into a one-line
+:class:`~m2ugen.errors.MediaError` that starts with the path and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from m2ugen.errors import MediaError
+
+PathLike = str | os.PathLike[str]
+
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif"}
+)
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# .mp4/.webm may be audio-only, but users almost always mean video by them.
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+_MODALITIES = (
+    ("audio", AUDIO_EXTENSIONS),
+    ("image", IMAGE_EXTENSIONS),
+    ("video", VIDEO_EXTENSIONS),
+)
+
+_SUPPORTED_AUDIO = "wav, flac, ogg, mp3, m4a, mp4, webm"
+_SUPPORTED_VIDEO = "mp4, mov, mkv, webm, avi"
+_MAX_REASON_CHARS = 300
+
+
+def _reason(e: BaseException) -> str:
+    """One-line, bounded text of a library exception (decord's include C++ stack traces)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= _MAX_REASON_CHARS else text[:_MAX_REASON_CHARS] + "..."
+
+
+def _check_file(path: PathLike) -> Path:
+    """Fail early with a clear message instead of a library's cryptic open error."""
+    p = Path(path)
+    if not p.exists():
+        where = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
+        raise MediaError(f"{p}: file not found; check the path{where}")
+    if p.is_dir():
+        raise MediaError(f"{p}: is a directory, not a file; pass a media file inside it")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: file is empty; re-export or re-download it")
+    return p
+
+
+def _too_long(p: Path, seconds: float, limit: float, kind: str) -> MediaError:
+    return MediaError(
+        f"{p}: {kind} is {seconds:.1f} s long, over the {limit:g} s limit; "
+        "trim it or raise the limit"
+    )
+
+
+def guess_modality(path: PathLike) -> str:
+    """Return "audio", "image" or "video" from the file extension (case-insensitive)."""
+    ext = Path(path).suffix.lower()
+    for name, exts in _MODALITIES:
+        if ext in exts:
+            return name
+    accepted = ", ".join(sorted(AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))
+    raise MediaError(f"{path}: unknown media extension {ext or '(none)'!r}; use one of {accepted}")
+
+
+def _read_soundfile(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Decode with libsndfile -> ((frames, channels) float32, rate). Raises sf errors."""
+    info = sf.info(str(p))
+    if max_seconds is not None and info.frames / info.samplerate > max_seconds:
+        raise _too_long(p, info.frames / info.samplerate, max_seconds, "audio")
+    # The header can lie (e.g. MP3 frame counts are estimates), so read at most one
+    # frame past the limit: enough to detect an over-long file without loading all of it.
+    limit = -1 if max_seconds is None else int(max_seconds * info.samplerate) + 1
+    data, rate = sf.read(str(p), frames=limit, dtype="float32", always_2d=True)
+    if max_seconds is not None and data.shape[0] / rate > max_seconds:
+        raise _too_long(p, data.shape[0] / rate, max_seconds, "audio")
+    return data, rate
+
+
+def _read_pyav(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with FFmpeg -> ((frames, channels) float32, rate)."""
+    with av.open(str(p)) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{p}: has no audio stream; pass a file that contains sound")
+        stream = container.streams.audio[0]
+        if max_seconds is not None and container.duration is not None:
+            seconds = container.duration / av.time_base
+            if seconds > max_seconds:
+                raise _too_long(p, seconds, max_seconds, "audio")
+        # Planar float keeps the file's layout and rate; we only want the sample format.
+        resampler = av.AudioResampler(format="fltp")
+        chunks: list[np.ndarray] = []
+        total = 0
+        rate = stream.rate
+        for frame in container.decode(stream):
+            rate = frame.sample_rate
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+                total += out.samples
+            # The container duration may be missing; stop decoding once we know it is too long.
+            if max_seconds is not None and total / rate > max_seconds:
+                raise _too_long(p, total / rate, max_seconds, "audio")
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray())
+    if not chunks:
+        return np.zeros((0, 1), dtype=np.float32), rate
+    return np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), rate
+
+
+def _undecodable(p: Path, sf_err: Exception, av_err: Exception) -> MediaError:
+    return MediaError(
+        f"{p}: cannot decode audio (soundfile: {_reason(sf_err)}; PyAV: {_reason(av_err)}); "
+        f"supported: {_SUPPORTED_AUDIO}"
+    )
+
+
+def _decode_audio(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Try libsndfile (exact, fast), then FFmpeg for containers libsndfile cannot read."""
+    try:
+        return _read_soundfile(p, max_seconds)
+    except sf.LibsndfileError as sf_err:
+        try:
+            return _read_pyav(p, max_seconds)
+        except av.FFmpegError as av_err:
+            raise _undecodable(p, sf_err, av_err) from av_err
+
+
+def load_audio(path: PathLike, sr: int, max_seconds: float | None = 600.0) -> np.ndarray:
+    """Load an audio file as a float32 mono waveform of shape (samples,) at rate `sr`.
+
+    Channels are averaged; the signal is resampled with soxr (HQ) if its rate differs.
+    A file longer than `max_seconds` (None: no limit) raises MediaError rather than
+    being silently cut.
+    """
+    p = _check_file(path)
+    data, rate = _decode_audio(p, max_seconds)
+    if data.shape[0] == 0:
+        raise MediaError(f"{p}: contains no audio samples; pass a non-empty recording")
+    mono = data.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all():
+        raise MediaError(f"{p}: contains NaN or infinite samples; re-export it as PCM")
+    if rate != sr:
+        mono = soxr.resample(mono, rate, sr, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def audio_duration(path: PathLike) -> float:
+    """Duration in seconds, from the header when possible (decodes only if it must)."""
+    p = _check_file(path)
+    try:
+        info = sf.info(str(p))
+        return info.frames / info.samplerate
+    except sf.LibsndfileError as sf_err:
+        try:  # not a libsndfile format: ask FFmpeg's demuxer
+            with av.open(str(p)) as container:
+                if container.duration is not None:
+                    return container.duration / av.time_base
+        except av.FFmpegError as av_err:
+            raise _undecodable(p, sf_err, av_err) from av_err
+    data, rate = _decode_audio(p, None)  # the container does not store its duration
+    return data.shape[0] / rate
+
+
+def save_audio(path: PathLike, waveform: np.ndarray, sr: int) -> None:
+    """Write `waveform` ((samples,) or (samples, channels), in [-1, 1]) as 16-bit WAV.
+
+    The file appears atomically: a reader never sees a half-written WAV, and a crash
+    leaves the previous file intact.
+    """
+    p = Path(path)
+    data = np.asarray(waveform, dtype=np.float32)
+    if data.ndim not in (1, 2):
+        raise ValueError(f"waveform must be (samples,) or (samples, channels), got {data.shape}")
+    if not np.isfinite(data).all():
+        raise ValueError("waveform contains NaN or infinite samples")
+    data = np.clip(data, -1.0, 1.0)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory as the target so os.replace is a rename, not a cross-device copy.
+    tmp = tempfile.NamedTemporaryFile(
+        dir=p.parent, prefix=f".{p.name}.", suffix=".wav", delete=False
+    )
+    try:
+        with tmp:
+            sf.write(tmp, data, sr, format="WAV", subtype="PCM_16")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp.name, p)
+    except BaseException:
+        os.unlink(tmp.name)
+        raise
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent areas become white (not black)."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # PIL's own conversion clips 16-bit values at 255 instead of scaling (1000 -> white).
+        grey = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257.0), 0, 255)
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: PathLike, max_pixels: int = 64_000_000) -> Image.Image:
+    """Load an image as an RGB PIL image (size W x H), EXIF rotation applied.
+
+    Images with more than `max_pixels` pixels are refused from their header, before
+    any pixel is decoded, so a tiny "decompression bomb" cannot exhaust memory.
+    """
+    p = _check_file(path)
+    try:
+        # Locally, so PIL's bomb warning becomes an error for this call only.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise MediaError(
+                        f"{p}: image is {width}x{height} = {width * height} pixels, over "
+                        f"the {max_pixels} limit; downscale it or raise max_pixels"
+                    )
+                img.load()  # decode now, inside the try, so truncated files are caught
+                ImageOps.exif_transpose(img, in_place=True)
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError(
+            f"{p}: image too large to decode safely ({_reason(e)}); downscale it"
+        ) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # PIL reports truncated/corrupt data as OSError or SyntaxError (bad headers).
+        accepted = ", ".join(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))
+        raise MediaError(
+            f"{p}: cannot decode image ({_reason(e)}); re-save it as one of {accepted}"
+        ) from e
+
+
+def _uniform_indices(n: int, num_frames: int) -> np.ndarray:
+    """`num_frames` evenly spaced indices into n frames; repeats frames when n < num_frames."""
+    return np.rint(np.linspace(0, n - 1, num_frames)).astype(np.int64)
+
+
+def _video_decord(
+    p: Path, num_frames: int, max_seconds: float | None, decord: ModuleType
+) -> np.ndarray:
+    reader = decord.VideoReader(str(p), ctx=decord.cpu(0))
+    n = len(reader)
+    fps = reader.get_avg_fps()
+    if max_seconds is not None and fps > 0 and n / fps > max_seconds:
+        raise _too_long(p, n / fps, max_seconds, "video")
+    if n == 0:
+        raise MediaError(f"{p}: has no video frames; pass a file with a video track")
+    return reader.get_batch(_uniform_indices(n, num_frames).tolist()).asnumpy()
+
+
+def _pyav_decode(p: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode frames in order, keeping those at `wanted` (rgb24, (H, W, 3)).
+
+    Stops after the last wanted index; with `wanted` empty it decodes everything and
+    the returned count is the exact number of frames.
+    """
+    picked: dict[int, np.ndarray] = {}
+    last = max(wanted, default=-1)
+    n = 0
+    with av.open(str(p)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if n in wanted:
+                picked[n] = frame.to_ndarray(format="rgb24")
+            n += 1
+            if wanted and n > last:
+                break
+    return picked, n
+
+
+def _video_pyav(p: Path, num_frames: int, max_seconds: float | None) -> np.ndarray:
+    with av.open(str(p)) as container:
+        if not container.streams.video:
+            raise MediaError(f"{p}: has no video frames (no video stream); pass a video file")
+        n = container.streams.video[0].frames  # 0 when the container does not store it
+        if max_seconds is not None and container.duration is not None:
+            seconds = container.duration / av.time_base
+            if seconds > max_seconds:
+                raise _too_long(p, seconds, max_seconds, "video")
+    if n > 0:
+        # Trust the stored count and decode once, only as far as the last index we need.
+        wanted = set(_uniform_indices(n, num_frames).tolist())
+        picked, decoded = _pyav_decode(p, wanted)
+        if len(picked) == len(wanted):
+            return np.stack([picked[i] for i in _uniform_indices(n, num_frames).tolist()])
+        n = decoded  # the stream ended early, so the stored count was wrong; this one is exact
+    else:
+        # Count unknown: count by decoding without keeping frames (bounded memory), then pick.
+        _, n = _pyav_decode(p, set())
+    if n == 0:
+        raise MediaError(f"{p}: has no video frames; pass a file with a video track")
+    idx = _uniform_indices(n, num_frames)
+    picked, _ = _pyav_decode(p, set(idx.tolist()))
+    return np.stack([picked[i] for i in idx.tolist()])
+
+
+def load_video(
+    path: PathLike, num_frames: int = 32, max_seconds: float | None = 3600.0
+) -> np.ndarray:
+    """Sample `num_frames` uniformly spaced frames -> uint8 array (num_frames, H, W, 3).
+
+    Clips shorter than `num_frames` are padded by repeating frames. decord is used when
+    installed; PyAV (FFmpeg) otherwise, or when decord cannot read the file.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    p = _check_file(path)
+    decord_reason = "decord: not installed"
+    try:
+        import decord  # lazily: no wheels on some platforms, and slow to import
+    except ImportError:
+        decord = None
+    if decord is not None:
+        try:
+            return _video_decord(p, num_frames, max_seconds, decord)
+        except (decord.DECORDError, RuntimeError, ValueError, IndexError) as e:
+            # decord rejects files FFmpeg via PyAV can still read (e.g. odd streams).
+            decord_reason = f"decord: {_reason(e)}"
+    try:
+        return _video_pyav(p, num_frames, max_seconds)
+    except (av.FFmpegError, ValueError) as e:
+        raise MediaError(
+            f"{p}: cannot decode video ({decord_reason}; PyAV: {_reason(e)}); "
+            f"supported: {_SUPPORTED_VIDEO}"
+        ) from e

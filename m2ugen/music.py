@@ -1,0 +1,95 @@
+"""Music rendering for a chat reply: [AUD] hidden states → projector → decoder → waveform.
+
+`condition="embedding"` (default) conditions the decoder on the projector output ÷ 10, so
+the music depends on everything the LLM understood (image, video, input music, the
+conversation). `condition="text"` prompts the decoder with the reply text instead — the
+published behaviour (ORIGINAL_M2UGEN.md §5.2), kept for comparison.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from m2ugen.decoders import TARGET_SCALE
+from m2ugen.errors import ChatError
+
+MUSIC_MODES = ("auto", "always", "never")
+CONDITIONS = ("embedding", "text")
+
+
+@dataclass
+class MusicSettings:
+    """When and how to render music for a reply."""
+
+    music: str = "auto"  # auto: when the reply holds the [AUD] tokens; always; never
+    condition: str = "embedding"
+    seconds: float = 10.0
+    guidance: float = 3.5  # published MusicGen guidance; AudioLDM2's pipeline default too
+    steps: int | None = None  # AudioLDM2 denoising steps (default 100); MusicGen ignores it
+    seed: int | None = None
+    num_candidates: int = 1
+
+    def validate(self) -> None:
+        if self.music not in MUSIC_MODES:
+            raise ChatError(f"music={self.music!r}: use one of {', '.join(MUSIC_MODES)}")
+        if self.condition not in CONDITIONS:
+            raise ChatError(f"condition={self.condition!r}: use one of {', '.join(CONDITIONS)}")
+        if not 0 < self.seconds <= 300:
+            raise ChatError(f"seconds must be in (0, 300], got {self.seconds}")
+        if self.guidance < 0:
+            raise ChatError(f"guidance must be >= 0, got {self.guidance}")
+        if self.steps is not None and self.steps < 1:
+            raise ChatError(f"steps must be at least 1, got {self.steps}")
+        if not 1 <= self.num_candidates <= 16:
+            raise ChatError(f"num_candidates must be 1..16, got {self.num_candidates}")
+
+
+@dataclass
+class MusicResult:
+    """Rendered music: `waveforms` (candidates, samples) float32 at `sample_rate`."""
+
+    waveforms: np.ndarray
+    sample_rate: int
+    condition: str
+    seconds: float
+    seed: int
+    conditioning: torch.Tensor | None = None  # (1, N, W) what the decoder got, embedding mode
+
+    @property
+    def waveform(self) -> np.ndarray:
+        """The first candidate (samples,)."""
+        return self.waveforms[0]
+
+
+def render_music(model, audio_hidden: torch.Tensor, text: str,
+                 settings: MusicSettings) -> MusicResult:
+    """Render `settings.num_candidates` waveforms for one reply.
+
+    Args:
+        model: the M2UGen model.
+        audio_hidden: (8, D) pre-norm hidden states at the positions predicting [AUD0..7].
+        text: the reply text (prompts the decoder when condition="text").
+    """
+    settings.validate()
+    seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+    decoder = model.decoder
+    n = settings.num_candidates
+    conditioning = None
+    if settings.condition == "embedding":
+        with torch.no_grad():
+            conditioning = model.project(audio_hidden[None]) / TARGET_SCALE  # (1, N, W)
+        waves = decoder.generate(conditioning.expand(n, -1, -1), settings.seconds,
+                                 settings.guidance, seed, settings.steps)
+    else:
+        if not text.strip():
+            raise ChatError("condition=text needs reply text, and the reply is empty; "
+                            "use condition=embedding")
+        waves = decoder.generate_from_text([text] * n, settings.seconds, settings.guidance,
+                                           seed, settings.steps)
+    return MusicResult(waveforms=waves, sample_rate=decoder.sample_rate,
+                       condition=settings.condition, seconds=settings.seconds, seed=seed,
+                       conditioning=conditioning)

@@ -1,0 +1,71 @@
+"""Named presets: pure functions returning a config (ORIGINAL_M2UGEN.md §1 hub ids).
+
+The hub presets name the base components only; their trained tensors come from a model
+directory (training output or `m2ugen convert-original`). `tiny` is special: it is built
+on first use into `<ckpts>/tiny` by `m2ugen.tiny`, random weights, all components local.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from m2ugen.config import M2UGenConfig
+from m2ugen.errors import ConfigError
+
+_LLAMA2 = "meta-llama/Llama-2-7b-hf"
+
+
+def _hub(name: str, decoder: str, decoder_path: str, projector_tokens: int = 128,
+         projector_dim: int = 768) -> M2UGenConfig:
+    return M2UGenConfig(name=name, projector_tokens=projector_tokens,
+                        projector_dim=projector_dim, llm=_LLAMA2, tokenizer=_LLAMA2,
+                        mert="m-a-p/MERT-v1-330M",
+                        vit="google/vit-base-patch16-224",
+                        vivit="google/vivit-b-16x2-kinetics400",
+                        decoder=decoder, decoder_path=decoder_path)
+
+
+def musicgen_small() -> M2UGenConfig:
+    return _hub("musicgen-small", "musicgen", "facebook/musicgen-small")
+
+
+def musicgen_medium() -> M2UGenConfig:
+    return _hub("musicgen-medium", "musicgen", "facebook/musicgen-medium")
+
+
+def audioldm2() -> M2UGenConfig:
+    # one output token holding 128 T5 states (1024 wide) and 8 GPT-2 states (768 wide)
+    return _hub("audioldm2", "audioldm2", "cvssp/audioldm2-music", projector_tokens=1,
+                projector_dim=128 * 1024 + 8 * 768)
+
+
+HUB_PRESETS: dict[str, Callable[[], M2UGenConfig]] = {
+    "musicgen-small": musicgen_small,
+    "musicgen-medium": musicgen_medium,
+    "audioldm2": audioldm2,
+}
+PRESET_NAMES = ("tiny", "tiny-audioldm2", *HUB_PRESETS)
+
+
+def ckpts_dir() -> Path:
+    """Where built presets live: $M2UGEN_CKPTS, else `ckpts/` of the source checkout."""
+    env = os.environ.get("M2UGEN_CKPTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "ckpts"
+
+
+def tiny_dir(decoder: str = "musicgen") -> Path:
+    return ckpts_dir() / ("tiny" if decoder == "musicgen" else f"tiny-{decoder}")
+
+
+def preset_config(name: str) -> M2UGenConfig:
+    """The config of a hub preset; raises ConfigError for unknown names."""
+    if name not in HUB_PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; presets are {', '.join(PRESET_NAMES)}, "
+            "or give a model directory"
+        )
+    return HUB_PRESETS[name]()

@@ -1,0 +1,71 @@
+"""Shared fixtures: the tiny preset is built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory) -> Path:
+    """A private ckpts/ for the session: `--model tiny` resolves here, never to the repo."""
+    path = tmp_path_factory.mktemp("ckpts")
+    os.environ["M2UGEN_CKPTS"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(ckpts) -> Path:
+    from m2ugen.presets import tiny_dir as preset_dir
+    from m2ugen.tiny import ensure_tiny
+
+    return ensure_tiny(preset_dir("musicgen"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    from m2ugen.model import M2UGen
+
+    return M2UGen.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def media_arrays(tiny_model):
+    """Raw inputs as the loaders return them, sized for the tiny encoders."""
+    rng = np.random.default_rng(0)
+    sr = tiny_model.encoders["audio"].sample_rate
+    t = np.arange(2 * sr) / sr
+    audio = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    image = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    frames = tiny_model.encoders["video"].num_frames
+    video = rng.integers(0, 256, (frames, 40, 50, 3), dtype=np.uint8)
+    return {"audio": audio, "image": image, "video": video}
+
+
+@pytest.fixture(scope="session")
+def tiny_audioldm2_dir(ckpts) -> Path:
+    from m2ugen.presets import tiny_dir as preset_dir
+    from m2ugen.tiny import ensure_tiny
+
+    return ensure_tiny(preset_dir("audioldm2"), decoder="audioldm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_audioldm2_model(tiny_audioldm2_dir):
+    from m2ugen.model import M2UGen
+
+    return M2UGen.from_pretrained(tiny_audioldm2_dir)
+
+
+@pytest.fixture(scope="session", params=["musicgen", "audioldm2"])
+def any_tiny_model(request):
+    """The tiny model with each decoder."""
+    name = "tiny_model" if request.param == "musicgen" else "tiny_audioldm2_model"
+    return request.getfixturevalue(name)

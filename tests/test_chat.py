@@ -1,0 +1,126 @@
+"""Generation: KV cache vs. full re-run, sampling determinism, streaming, [AUD] hidden states."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from m2ugen.chat import ChatSession, GenerationSettings, Turn, build_prompt_ids, format_prompt
+from m2ugen.errors import ChatError
+
+
+def _greedy(n: int = 24, **kw) -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=n, temperature=0.0, seed=0, **kw)
+
+
+def test_kv_cache_equals_uncached_greedy(tiny_model, media_arrays):
+    cached = ChatSession(tiny_model).send("Describe this music.", audio=media_arrays["audio"],
+                                          settings=_greedy(40))
+    full = ChatSession(tiny_model).send("Describe this music.", audio=media_arrays["audio"],
+                                        settings=_greedy(40, use_cache=False))
+    assert len(cached.token_ids) > 5
+    assert cached.token_ids == full.token_ids
+
+
+def test_same_seed_same_reply_and_media_changes_it(tiny_model, media_arrays):
+    s = GenerationSettings(max_new_tokens=30, temperature=1.0, top_p=0.95, seed=7)
+    a = ChatSession(tiny_model).send("What genre is this?", settings=s)
+    b = ChatSession(tiny_model).send("What genre is this?", settings=s)
+    assert a.token_ids == b.token_ids and a.seed == 7
+    c = ChatSession(tiny_model).send("What genre is this?", image=media_arrays["image"],
+                                     settings=_greedy(30))
+    d = ChatSession(tiny_model).send("What genre is this?", settings=_greedy(30))
+    assert c.token_ids != d.token_ids
+    assert c.inputs_used == ("image",) and d.inputs_used == ()
+
+
+def test_stream_pieces_build_the_reply(tiny_model):
+    stream = ChatSession(tiny_model).stream("Describe the music.", settings=_greedy(30))
+    pieces = list(stream)
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == stream.result.text
+
+
+def test_multi_turn_history_reaches_the_model(tiny_model):
+    session = ChatSession(tiny_model)
+    first = session.send("What instruments are playing?", settings=_greedy(12))
+    assert session.history == [Turn("What instruments are playing?", first.raw_text)]
+    second = session.send("What is the tempo of this song?", settings=_greedy(12))
+    fresh = ChatSession(tiny_model).send("What is the tempo of this song?", settings=_greedy(12))
+    assert second.token_ids != fresh.token_ids  # the earlier turn changed the prompt
+
+
+def test_history_truncation_drops_oldest_first(tiny_model):
+    tok = tiny_model.tokenizer
+    template = tiny_model.config.prompt_template
+    history = [Turn(f"question {i} " + "piano " * 20, f"answer {i}") for i in range(6)]
+    full, dropped = build_prompt_ids(tok, template, history, "last one", budget=10_000)
+    assert dropped == 0
+    budget = len(full) - 30
+    ids, dropped = build_prompt_ids(tok, template, history, "last one", budget)
+    assert 0 < dropped < 6 and len(ids) <= budget
+    text = tok.decode(ids[1:])
+    assert "question 5" in text and "question 0" not in text and text.endswith("### Response:")
+    assert ids == [tok.bos_token_id, *tok(format_prompt(template, history[dropped:], "last one"),
+                                          add_special_tokens=False).input_ids]
+    with pytest.raises(ChatError, match="only 5 fit"):
+        build_prompt_ids(tok, template, [], "a long message " * 50, budget=5)
+
+
+def test_session_drops_turns_when_context_is_full(tiny_model):
+    session = ChatSession(tiny_model, max_context=160)
+    for i in range(6):
+        session.send(f"Tell me about song number {i} with piano and drums.", settings=_greedy(8))
+    assert len(session.history) < 6
+    assert session.history[-1].user.startswith("Tell me about song number 5")
+
+
+@contextmanager
+def _prefer_audio_token(model, scale: float = 50.0):
+    """Make [AUD0] the greedy choice by enlarging its output row (a trained-model stand-in)."""
+    head = model.llm.model.get_output_embeddings()
+    rows = head.token_adapter.trainable_tokens_delta["default"]
+    saved = rows.detach().clone()
+    with torch.no_grad():
+        rows[0] = model.llm.model.get_input_embeddings().weight.new_ones(rows.shape[1]) * scale
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            rows.copy_(saved)
+
+
+def test_audio_tokens_are_forced_and_their_hidden_states_returned(tiny_model, media_arrays):
+    session = ChatSession(tiny_model)
+    with _prefer_audio_token(tiny_model):
+        result = session.send("Compose music for this picture.", image=media_arrays["image"],
+                              settings=_greedy(30))
+    llm = tiny_model.llm
+    aud = llm.audio_token_ids
+    assert result.has_audio_tokens and result.audio_hidden.shape == (8, tiny_model.config.llm_dim)
+    assert result.token_ids[-8:] == aud  # [AUD1..7] forced after [AUD0], then stop
+    assert result.raw_text.endswith("".join(tiny_model.config.audio_tokens))
+    # independent check: the final norm of our pre-norm states equals HF's last hidden state
+    # at the positions whose next token is [AUDi]
+    prompt, _ = build_prompt_ids(tiny_model.tokenizer, tiny_model.config.prompt_template, [],
+                                 "Compose music for this picture.", 10_000)
+    seq = torch.tensor([prompt + result.token_ids])
+    with torch.no_grad(), _prefer_audio_token(tiny_model), \
+            llm.prompts(tiny_model.media_prompts(1, image=media_arrays["image"])):
+        out = llm(seq, output_hidden_states=True, use_cache=False)
+    pos = [len(prompt) + i - 1 for i, t in enumerate(result.token_ids) if t in aud]
+    norm = llm.model.get_base_model().model.norm
+    torch.testing.assert_close(norm(result.audio_hidden), out.hidden_states[-1][0, pos],
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_bad_settings_are_user_errors(tiny_model):
+    session = ChatSession(tiny_model)
+    with pytest.raises(ChatError, match="top_p"):
+        session.send("hi", settings=GenerationSettings(top_p=0))
+    with pytest.raises(ChatError, match="empty"):
+        session.send("   ")
+    with pytest.raises(ChatError, match="max_new_tokens"):
+        session.send("hi", settings=GenerationSettings(max_new_tokens=5000))

@@ -1,0 +1,102 @@
+"""Model directory: trained tensors only, round trip, stage sets, determinism, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from m2ugen.checkpoint import TRAINED_NAME
+from m2ugen.errors import ConfigError
+from m2ugen.model import STAGE_GROUPS, M2UGen, resolve_model, tensor_group
+from m2ugen.tiny import build_tiny
+
+
+def test_model_directory_holds_only_trained_tensors(tiny_dir, tiny_model):
+    tensors = load_file(str(tiny_dir / TRAINED_NAME))
+    groups = {tensor_group(k) for k in tensors}
+    assert groups == {"adapters", "prefix_query", "gates", "lora", "bias", "norm",
+                      "new_tokens", "projector"}
+    assert None not in groups
+    assert not any(k.startswith("encoders.") or "base_layer.weight" in k for k in tensors)
+    n_trained = sum(t.numel() for t in tensors.values())
+    n_all = sum(p.numel() for p in tiny_model.parameters())
+    assert n_trained < n_all
+    # the tiny preset stands for a trained model: gates, LoRA B and new rows are non-zero
+    assert tensors["llm.gates"].abs().min() > 0
+    assert all(t.abs().sum() > 0 for k, t in tensors.items() if "lora_B" in k)
+
+
+def test_save_and_reload_round_trip(tiny_model, tmp_path, media_arrays):
+    out = tiny_model.save_pretrained(tmp_path / "copy")
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "m2ugen.json",
+                                                     "tokenizer"]
+    again = M2UGen.from_pretrained(out)
+    ids = torch.tensor([[1, 50, 60, 70]])
+    torch.testing.assert_close(again.forward_logits(ids, audio=media_arrays["audio"]),
+                               tiny_model.forward_logits(ids, audio=media_arrays["audio"]))
+
+
+def test_stage_trainable_sets(tiny_model):
+    try:
+        counts = {}
+        for stage in STAGE_GROUPS:
+            counts[stage] = tiny_model.set_stage(stage)
+            trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+            assert trainable, stage
+            assert not any(n.startswith("encoders.") for n in trainable)
+            assert ("llm.gates" in trainable) == (stage in (1, 3))  # gates train (§5.1 fix)
+            assert any(n.startswith("adapters.") for n in trainable) == (stage == 1)
+            assert any(n.startswith("projector.") for n in trainable) == (stage in (1, 2))
+            assert counts[stage] == sum(p.numel() for n, p in tiny_model.named_parameters()
+                                        if p.requires_grad)
+        with pytest.raises(ConfigError, match="stage 4"):
+            tiny_model.set_stage(4)
+    finally:
+        tiny_model.requires_grad_(False)
+
+
+def test_tiny_build_is_deterministic(tmp_path):
+    a = build_tiny(tmp_path / "a", seed=3)
+    b = build_tiny(tmp_path / "b", seed=3)
+    ta, tb = load_file(str(a / TRAINED_NAME)), load_file(str(b / TRAINED_NAME))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    la = load_file(str(a / "llm" / "model.safetensors"))
+    lb = load_file(str(b / "llm" / "model.safetensors"))
+    assert all(torch.equal(la[k], lb[k]) for k in la)
+    assert (a / "tokenizer" / "tokenizer.json").read_bytes() == \
+        (b / "tokenizer" / "tokenizer.json").read_bytes()
+    c = load_file(str(build_tiny(tmp_path / "c", seed=4) / TRAINED_NAME))
+    assert not torch.equal(c["llm.gates"], ta["llm.gates"])
+
+
+def test_mismatched_trained_tensors_are_named(tiny_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dir, bad)
+    tensors = load_file(str(bad / TRAINED_NAME))
+    tensors["llm.gates"] = torch.zeros(5, 5)
+    from safetensors.torch import save_file
+    save_file(tensors, str(bad / TRAINED_NAME))
+    with pytest.raises(ConfigError, match=r"llm\.gates has shape \(5, 5\)"):
+        M2UGen.from_pretrained(bad)
+    del tensors["llm.gates"]
+    save_file(tensors, str(bad / TRAINED_NAME))
+    with pytest.raises(ConfigError, match=r"1 missing, e\.g\. \['llm\.gates'\]"):
+        M2UGen.from_pretrained(bad)
+    (bad / TRAINED_NAME).write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="not a readable safetensors file"):
+        M2UGen.from_pretrained(bad)
+
+
+def test_resolve_model_names(tiny_dir, tmp_path):
+    cfg, base = resolve_model("tiny")
+    assert base == tiny_dir and cfg.name == "tiny-musicgen"
+    cfg, base = resolve_model("musicgen-medium")
+    assert base is None and cfg.decoder_path == "facebook/musicgen-medium"
+    with pytest.raises(ConfigError, match="no such model directory or preset"):
+        resolve_model(tmp_path / "nothing")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        resolve_model(tmp_path / "file.txt")

@@ -1,0 +1,118 @@
+"""The four music paths end to end: text, image, video → music; audio + instruction → edit."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from m2ugen.chat import ChatSession, GenerationSettings
+from m2ugen.cli import main
+from m2ugen.errors import ChatError
+from m2ugen.music import MusicSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    spec = importlib.util.spec_from_file_location("make_examples",
+                                                  ROOT / "examples" / "make_examples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("media")
+    module.main(out)
+    return out
+
+
+PATHS = {
+    "text": ([], "Generate a calm piano melody."),
+    "image": (["--image", "sunset.png"], "Compose music for this picture"),
+    "video": (["--video", "shapes.mp4"], "Generate music for this video"),
+    "edit": (["--audio", "piano_120bpm.wav"], "Make it jazzier and add drums"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("preset", ["tiny", "tiny-audioldm2"])
+def test_cli_writes_music_of_the_requested_length(preset, path, media, tmp_path, capsys,
+                                                  tiny_dir, tiny_audioldm2_dir):
+    flags, prompt = PATHS[path]
+    flags = [f if not f.endswith((".png", ".mp4", ".wav")) else str(media / f) for f in flags]
+    out = tmp_path / "out.wav"
+    code = main(["chat", "--model", preset, *flags, "--music", "always", "--seconds", "2",
+                 "--steps", "3", "--seed", "0", "--max-new-tokens", "8", "--out", str(out),
+                 prompt])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    wave, sr = sf.read(out, dtype="float32")
+    decoder_rate = 32000 if preset == "tiny" else 16000
+    assert sr == decoder_rate
+    frame = sr / 50
+    assert abs(len(wave) - 2 * sr) <= frame
+    assert np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
+    assert "wrote" in err and "condition=embedding" in err
+
+
+def _session_music(model, settings, **media):
+    session = ChatSession(model)
+    return session.send("Compose music for this.", settings=GenerationSettings(
+        max_new_tokens=6, temperature=0, seed=0), music=settings, **media)
+
+
+def test_same_inputs_same_audio_and_inputs_steer_it(any_tiny_model, media_arrays):
+    s = MusicSettings(music="always", seconds=1.0, steps=3, seed=4)
+    a = _session_music(any_tiny_model, s, image=media_arrays["image"])
+    b = _session_music(any_tiny_model, s, image=media_arrays["image"])
+    np.testing.assert_array_equal(a.music.waveforms, b.music.waveforms)
+    c = _session_music(any_tiny_model, s, video=media_arrays["video"])
+    assert not torch.equal(a.music.conditioning, c.music.conditioning)
+    assert np.abs(a.music.waveform - c.music.waveform).max() > 1e-4
+    assert a.inputs_used == ("image",) and a.music.sample_rate == any_tiny_model.decoder.sample_rate
+
+
+def test_changed_projector_output_changes_audio(tiny_model, media_arrays):
+    s = MusicSettings(music="always", seconds=1.0, seed=4)
+    a = _session_music(tiny_model, s, audio=media_arrays["audio"])
+    bias = tiny_model.projector.model.bias
+    saved = bias.detach().clone()
+    try:
+        with torch.no_grad():
+            bias.add_(0.5)
+        b = _session_music(tiny_model, s, audio=media_arrays["audio"])
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    assert np.abs(a.music.waveform - b.music.waveform).max() > 1e-4
+
+
+def test_text_and_embedding_conditioning_differ(tiny_model):
+    session = ChatSession(tiny_model)
+    result = session.send("Generate a calm piano melody.",
+                          settings=GenerationSettings(max_new_tokens=12, temperature=0, seed=0))
+    emb = session.render(result, MusicSettings(music="always", seconds=1.0, seed=2))
+    txt = session.render(result, MusicSettings(music="always", condition="text", seconds=1.0,
+                                               seed=2))
+    assert emb.condition == "embedding" and txt.condition == "text"
+    assert np.abs(emb.waveform - txt.waveform).max() > 1e-4
+
+
+def test_music_modes_and_candidates(tiny_model):
+    session = ChatSession(tiny_model)
+    result = session.send("Describe this.",
+                          settings=GenerationSettings(max_new_tokens=6, temperature=0, seed=0))
+    assert not result.has_audio_tokens
+    assert session.render(result, MusicSettings(music="auto")) is None
+    assert session.render(result, MusicSettings(music="never")) is None
+    multi = session.render(result, MusicSettings(music="always", seconds=0.5, seed=1,
+                                                 num_candidates=2))
+    assert multi.waveforms.shape == (2, 16000)
+    assert np.abs(multi.waveforms[0] - multi.waveforms[1]).max() > 1e-4
+    # forcing the tokens puts them into the conversation the model sees next
+    assert session.history[-1].assistant.endswith("[AUD7]") and result.has_audio_tokens
+    with pytest.raises(ChatError, match="seconds"):
+        session.render(result, MusicSettings(music="always", seconds=0))

@@ -1,0 +1,157 @@
+"""Training stages: learning, DDP equivalence, exact resume, bad records, checkpoints, cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from m2ugen.checkpoint import TRAINED_NAME
+from m2ugen.cli import main
+from m2ugen.data.synth import write_synthetic_dataset
+from m2ugen.errors import M2UGenError
+from m2ugen.model import M2UGen
+from m2ugen.train import lr_at, train
+from m2ugen.train_config import TrainConfig, load_train_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), seed=0, n_audio=6,
+                                   n_images=3, n_videos=2)
+
+
+def _cfg(spec: Path, out: Path, tiny_dir: Path, **kw) -> TrainConfig:
+    base = dict(stage=1, model=str(tiny_dir), init_trained="standard", data=str(spec),
+                out=str(out), max_steps=6, batch_size=4, lr=3e-3, min_lr=1e-4, warmup_steps=2,
+                max_len=256, save_every=100, progress=False, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_overfitting_one_batch_halves_the_stage1_loss(spec, tiny_dir, tmp_path):
+    # four examples, one global batch of four: every step sees the same batch
+    out = train(_cfg(spec, tmp_path / "run", tiny_dir, max_steps=40, lr=1e-2, warmup_steps=3,
+                     batch_size=4, stop_after=None), resume=False)
+    losses = _losses(out)
+    assert len(losses) == 40
+    assert losses[-1] < losses[0] / 2, losses
+
+
+def test_short_stage1_teaches_the_gates(spec, tiny_dir, tmp_path, media_arrays):
+    out = train(_cfg(spec, tmp_path / "run", tiny_dir, max_steps=8), resume=False)
+    model = M2UGen.from_pretrained(out)
+    assert model.llm.gates.abs().max() > 0  # started at zero (standard init)
+    ids = torch.tensor([[1, 50, 60, 70]])
+    with_audio = model.forward_logits(ids, audio=media_arrays["audio"])
+    assert (with_audio - model.forward_logits(ids)).abs().max() > 1e-4
+
+
+def test_checkpoint_holds_only_trained_tensors_and_round_trips(spec, tiny_dir, tmp_path):
+    out = train(_cfg(spec, tmp_path / "run", tiny_dir, max_steps=3), resume=False)
+    model = M2UGen.from_pretrained(out)
+    saved = load_file(str(out / TRAINED_NAME))
+    assert set(saved) == set(model.trained_parameters())
+    state = load_file(str(out / "trainer_state" / TRAINED_NAME))
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+    for name, p in model.trained_parameters().items():
+        assert torch.equal(p.detach(), saved[name].to(p.dtype)), name
+    assert json.loads((out / "trainer_state" / "state.json").read_text())["step"] == 3
+    # base weights are not copied: the directory is small
+    base = sum(f.stat().st_size for f in (tiny_dir / "llm").iterdir())
+    assert (out / TRAINED_NAME).stat().st_size < 3 * base
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(spec, tiny_dir, tmp_path):
+    kw = dict(max_steps=8, save_every=3, stage=3, init_trained="keep", batch_size=2)
+    full = _losses(train(_cfg(spec, tmp_path / "full", tiny_dir, **kw), resume=False))
+    part = tmp_path / "part"
+    train(_cfg(spec, part, tiny_dir, stop_after=5, **kw), resume=False)
+    assert len(_losses(part)) == 5
+    with pytest.raises(M2UGenError, match="--resume"):
+        train(_cfg(spec, part, tiny_dir, **kw), resume=False)
+    resumed = _losses(train(_cfg(spec, part, tiny_dir, **kw), resume=True))
+    assert len(resumed) == 8
+    assert resumed == pytest.approx(full, abs=1e-6)
+
+
+def test_ddp_two_processes_equal_one_process(spec, tiny_dir, tmp_path):
+    common = [f"data={spec}", f"model={tiny_dir}", "max_steps=4", "progress=false",
+              "tensorboard=false", "init_trained=standard", "stage=1", "save_every=100"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "m2ugen.cli", "train", "--config",
+                          str(ROOT / "configs" / "stage1.yaml"), *common, "batch_size=4",
+                          f"out={tmp_path / 'one'}"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "-m", "m2ugen.cli", "train", "--config",
+                          str(ROOT / "configs" / "stage1.yaml"), *common, "batch_size=2",
+                          f"out={tmp_path / 'two'}"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-4)
+
+
+def test_bad_records_are_reported_and_skip_bad_counts_them(spec, tiny_dir, tmp_path, capsys,
+                                                           caplog):
+    data = json.loads((spec.parent / "mucaps.json").read_text())
+    data["missing_clip.wav"] = "A lost song."
+    (spec.parent / "mucaps_bad.json").write_text(json.dumps(data))
+    bad_spec = spec.parent / "bad.yaml"
+    bad_spec.write_text(spec.read_text().replace("mucaps.json", "mucaps_bad.json"))
+    args = ["train", "--config", str(ROOT / "configs" / "stage1.yaml"), f"data={bad_spec}",
+            f"model={tiny_dir}", f"out={tmp_path / 'bad'}", "max_steps=1", "progress=false",
+            "tensorboard=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "mucaps_bad.json#" in err and "missing_clip.wav" in err and "--skip-bad" in err
+    assert err.count("\n") == 1
+    assert main([*args, "skip_bad=true"]) == 0
+    assert "1 bad record" in caplog.text
+
+
+def test_feature_cache_gives_the_same_losses(spec, tiny_dir, tmp_path):
+    cache = tmp_path / "cache"
+    kw = dict(max_steps=4, stage=2, init_trained="keep")
+    assert main(["cache-features", "--config", str(ROOT / "configs" / "stage2.yaml"),
+                 f"data={spec}", f"model={tiny_dir}", f"feature_cache={cache}",
+                 "progress=false"]) == 0
+    index = json.loads((cache / "index.json").read_text())
+    assert any(k.startswith("target-") for k in index)
+    live = _losses(train(_cfg(spec, tmp_path / "live", tiny_dir, **kw), resume=False))
+    cached = _losses(train(_cfg(spec, tmp_path / "cached", tiny_dir, feature_cache=str(cache),
+                                **kw), resume=False))
+    assert cached == pytest.approx(live, rel=1e-5)
+    # resumable: a second run finds everything cached and adds nothing
+    before = sorted(p.name for p in cache.iterdir())
+    assert main(["cache-features", "--config", str(ROOT / "configs" / "stage2.yaml"),
+                 f"data={spec}", f"model={tiny_dir}", f"feature_cache={cache}",
+                 "progress=false"]) == 0
+    assert sorted(p.name for p in cache.iterdir()) == before
+
+
+def test_schedule_and_config_errors(tmp_path):
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-6)
+    assert lr_at(100, cfg) == pytest.approx(1e-5)
+    with pytest.raises(M2UGenError, match="unknown settings colour"):
+        load_train_config(ROOT / "configs" / "stage1.yaml", ["colour=red"])
+    with pytest.raises(M2UGenError, match="key=value"):
+        load_train_config(ROOT / "configs" / "stage1.yaml", ["max_steps"])
+    cfg = load_train_config(ROOT / "configs" / "stage2.yaml", ["max_steps=7", "lr=2e-4"])
+    assert (cfg.stage, cfg.max_steps, cfg.lr) == (2, 7, 2e-4)
