@@ -225,9 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override settings, e.g. feature_cache=cache/stage1")
     p.set_defaults(func=cmd_cache_features)
 
+    from m2ugen import convert, info
     from m2ugen.data.synth import add_parser as add_synth
 
     add_synth(sub)
+    convert.add_parser(sub)
+    info.add_parser(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
+from m2ugen.meta_llama import resolve_llm_path
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,10 @@ class InjectedLLM(nn.Module):
 
 def load_llm(path: str, tokenizer_path: str, config: M2UGenConfig,
              dtype: torch.dtype) -> InjectedLLM:
-    """Load LLaMA with zero-init biases on every projection, add [AUD] rows, wrap in peft."""
+    """Load LLaMA with zero-init biases on every projection, add [AUD] rows, wrap in peft.
+
+    A Meta-format checkpoint directory is converted once to HF format (cached)."""
+    path, tokenizer_path = resolve_llm_path(path), resolve_llm_path(tokenizer_path)
     raw, _ = PretrainedConfig.get_config_dict(path)
     if raw.get("model_type") != "llama":
         raise ConfigError(f"{path}: model_type is {raw.get('model_type')!r}; m2ugen injects "
