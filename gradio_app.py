@@ -1,0 +1,62 @@
+"""Launch the M2UGen chat app (the UI lives in m2ugen/app.py).
+
+    python gradio_app.py [--model DIR_OR_PRESET] [--host 127.0.0.1] [--port 7860] [--share]
+                         [--max-upload-mb 200]
+
+Defaults: the tiny preset (built on first use; an untrained smoke-test model), loopback
+only, no public share link.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples" / "media"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny",
+                   help="model directory or preset (default: tiny, an untrained smoke-test model)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default loopback; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload accepted")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="m2ugen: %(message)s")
+    from m2ugen.app import Limits, build_app, launch
+    from m2ugen.errors import M2UGenError
+
+    if not EXAMPLES_DIR.is_dir():  # the example media are generated, never downloaded
+        sys.path.insert(0, str(EXAMPLES_DIR.parent))
+        from make_examples import main as make_examples
+
+        make_examples(EXAMPLES_DIR)
+    try:
+        demo = build_app(args.model, device=args.device,
+                         limits=Limits(max_upload_mb=args.max_upload_mb),
+                         examples_dir=EXAMPLES_DIR)
+    except M2UGenError as e:
+        print(f"m2ugen: error: {e}", file=sys.stderr)
+        return 2
+    launch(demo, host=args.host, port=args.port, share=args.share,
+           max_upload_mb=args.max_upload_mb, examples_dir=EXAMPLES_DIR)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The Gradio chat app: a multimodal, multi-turn music assistant.
+
+One :class:`AssistantApp` holds the loaded model; everything a visitor owns (their
+:class:`~m2ugen.chat.ChatSession`, the messages shown, the music made for them, a private
+folder for it) lives in a :class:`VisitorState` kept in `gr.State`, never in module
+globals (ORIGINAL_M2UGEN.md §5.5). The model's forward passes mutate injection state, so
+every event that runs the model shares one queue slot per loaded model (concurrency 1).
+Message handling is plain functions, testable without a browser.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import gradio as gr  # noqa: E402
+
+from m2ugen.chat import ChatSession, GenerationSettings, Turn  # noqa: E402
+from m2ugen.checkpoint import TRAINED_NAME  # noqa: E402
+from m2ugen.errors import M2UGenError, MediaError  # noqa: E402
+from m2ugen.media import guess_modality, load_audio, load_image, load_video, save_audio  # noqa: E402
+from m2ugen.music import MUSIC_MODES, MusicSettings  # noqa: E402
+
+log = logging.getLogger("m2ugen")
+
+TITLE = "M2UGen — chat about music, make music from text, images or video"
+TINY_NOTICE = (
+    "**This is the tiny smoke-test model: random, untrained weights.** Its text is gibberish "
+    "and its music is noise; it only shows that every code path works. README.md → "
+    "*Real weights* explains how to run a trained model (`python gradio_app.py --model DIR`)."
+)
+UNTRAINED_NOTICE = (
+    "**This model has no trained tensors (adapters, gates, projector)**: it ignores your "
+    "media. README.md → *Real weights* explains where trained weights come from."
+)
+EXAMPLES = (  # (prompt, file in examples/media or None)
+    ("Compose music that matches the mood of this picture.", "sunset.png"),
+    ("Describe this music: instruments, tempo and mood.", "piano_120bpm.wav"),
+    ("Write a soundtrack for this video.", "shapes.mp4"),
+    ("Compose a calm piano piece for a rainy evening.", None),
+)
+_DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "media"
+
+
+@dataclass
+class Attachment:
+    path: Path
+    modality: str  # "audio", "image" or "video"
+
+
+@dataclass
+class VisitorState:
+    """One visitor's conversation; lives in `gr.State`, deleted with the browser session."""
+
+    session: ChatSession
+    workdir: Path  # this visitor's generated music, under the app's media root
+    messages: list[dict[str, Any]] = field(default_factory=list)  # what the chatbot shows
+    last_music: Path | None = None  # music of the last reply: the input of an edit follow-up
+    turns: int = 0
+
+
+@dataclass
+class Limits:
+    max_upload_mb: float = 200.0
+    max_audio_seconds: float = 300.0
+    max_video_seconds: float = 600.0
+
+
+def parse_message(value: dict[str, Any] | str | None) -> tuple[str, list[Attachment]]:
+    """A MultimodalTextbox value → (text, attachments); unknown file types raise MediaError."""
+    if value is None:
+        return "", []
+    if isinstance(value, str):
+        return value.strip(), []
+    files: list[Attachment] = []
+    for item in value.get("files") or []:
+        raw = item.get("path") if isinstance(item, dict) else item
+        if not raw:
+            raise MediaError(f"unreadable attachment {item!r}; attach the file again")
+        path = Path(raw)
+        files.append(Attachment(path, guess_modality(path)))
+    seen = [a.modality for a in files]
+    for modality in set(seen):
+        if seen.count(modality) > 1:
+            raise MediaError(f"{seen.count(modality)} {modality} files attached; attach at most "
+                             f"one {modality} file per message")
+    return (value.get("text") or "").strip(), files
+
+
+def check_size(path: Path, max_mb: float) -> None:
+    """Refuse files over `max_mb` megabytes (the server's own limit guards uploads too)."""
+    size = path.stat().st_size if path.is_file() else 0
+    if size > max_mb * 1024 * 1024:
+        raise MediaError(f"{path.name}: {size / 2**20:.1f} MB is over the {max_mb:g} MB upload "
+                         "limit; send a shorter or smaller file")
+
+
+def load_attachments(model: Any, files: Sequence[Attachment], limits: Limits) -> dict[str, Any]:
+    """Load each attachment with the m2ugen loaders → {"audio"|"image"|"video": data}."""
+    media: dict[str, Any] = {}
+    for a in files:
+        check_size(a.path, limits.max_upload_mb)
+        if a.modality == "audio":
+            media["audio"] = load_audio(a.path, sr=model.encoders["audio"].sample_rate,
+                                        max_seconds=limits.max_audio_seconds)
+        elif a.modality == "image":
+            media["image"] = load_image(a.path)
+        else:
+            media["video"] = load_video(a.path, num_frames=model.encoders["video"].num_frames,
+                                        max_seconds=limits.max_video_seconds)
+    return media
+
+
+def make_settings(temperature: float, top_p: float, max_new_tokens: float, music: str,
+                  seconds: float, guidance: float, steps: float, condition: str,
+                  seed: float | None) -> tuple[GenerationSettings, MusicSettings]:
+    """The settings panel's values → validated settings; seed < 0 or empty = random,
+    steps 0 = the decoder's default."""
+    seed_value = None if seed is None or seed < 0 else int(seed)
+    gen = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                             top_p=float(top_p), seed=seed_value)
+    mus = MusicSettings(music=music, condition=condition, seconds=float(seconds),
+                        guidance=float(guidance), steps=int(steps) or None, seed=seed_value)
+    gen.validate()
+    mus.validate()
+    return gen, mus
+
+
+def user_messages(text: str, files: Sequence[Attachment]) -> list[dict[str, Any]]:
+    """The chatbot messages showing what the visitor sent: each file, then the text."""
+    shown: list[dict[str, Any]] = [{"role": "user", "content": {"path": str(a.path)}}
+                                   for a in files]
+    if text:
+        shown.append({"role": "user", "content": text})
+    return shown
+
+
+def error_message(error: M2UGenError) -> dict[str, Any]:
+    return {"role": "assistant", "content": f"⚠️ {error}"}
+
+
+def music_message(path: Path) -> dict[str, Any]:
+    return {"role": "assistant",
+            "content": gr.Audio(value=str(path), buttons=["download"], show_label=False,
+                                label="music", interactive=False)}
+
+
+class AssistantApp:
+    """The loaded model and the per-visitor chat logic around it."""
+
+    def __init__(self, model: Any, limits: Limits | None = None,
+                 media_root: Path | None = None) -> None:
+        self.model = model
+        self.limits = limits or Limits()
+        # Generated music goes under Gradio's temp dir, which it may serve from.
+        parent = Path(media_root or gr.utils.get_upload_folder())
+        parent.mkdir(parents=True, exist_ok=True)
+        self._media_root = tempfile.TemporaryDirectory(prefix="m2ugen-app-", dir=parent)
+        self.media_root = Path(self._media_root.name)
+        # one queue slot per loaded model: forward passes set injection state on it
+        self.concurrency_id = f"m2ugen-model-{id(model)}"
+
+    @property
+    def notice(self) -> str | None:
+        if "tiny_version" in self.model.config.extra:
+            return TINY_NOTICE
+        base = self.model.base_dir
+        if base is None or not (Path(base) / TRAINED_NAME).is_file():
+            return UNTRAINED_NOTICE
+        return None
+
+    def new_state(self) -> VisitorState:
+        workdir = Path(tempfile.mkdtemp(prefix="visitor-", dir=self.media_root))
+        return VisitorState(session=ChatSession(self.model), workdir=workdir)
+
+    @staticmethod
+    def discard_state(state: VisitorState | None) -> None:
+        """`gr.State` delete callback: drop the visitor's generated files."""
+        if state is not None:
+            shutil.rmtree(state.workdir, ignore_errors=True)
+
+    def reset(self, state: VisitorState | None) -> tuple[list[dict[str, Any]], VisitorState]:
+        self.discard_state(state)
+        fresh = self.new_state()
+        return fresh.messages, fresh
+
+    def respond(self, message: dict[str, Any] | str | None, state: VisitorState | None,
+                temperature: float, top_p: float, max_new_tokens: float, music: str,
+                seconds: float, guidance: float, steps: float, condition: str,
+                seed: float | None, progress: gr.Progress = gr.Progress(),  # noqa: B008
+                ) -> Iterator[tuple[list[dict[str, Any]], None, VisitorState]]:
+        """Handle one visitor message; yields (chatbot messages, textbox value, state).
+
+        User mistakes (bad file, bad setting, prompt too long) become a chat message.
+        """
+        state = state or self.new_state()
+        shown = state.messages
+        try:
+            text, files = parse_message(message)
+        except MediaError as e:  # the files cannot be shown; the text still is
+            raw = message.get("text") if isinstance(message, dict) else message
+            shown.extend(user_messages(str(raw or "").strip(), []))
+            shown.append(error_message(e))
+            yield shown, None, state
+            return
+        shown.extend(user_messages(text, files))
+        try:
+            gen, mus = make_settings(temperature, top_p, max_new_tokens, music, seconds,
+                                     guidance, steps, condition, seed)
+            media = load_attachments(self.model, files, self.limits)
+        except M2UGenError as e:
+            shown.append(error_message(e))
+            yield shown, None, state
+            return
+        if not files and state.last_music is not None:
+            # an edit follow-up: the music this visitor was just given is the input
+            media["audio"] = load_audio(state.last_music,
+                                        sr=self.model.encoders["audio"].sample_rate)
+            shown.append({"role": "assistant", "content": "Editing the music of my last reply.",
+                          "metadata": {"title": "🎼 input: previous music"}})
+        yield shown, None, state
+        yield from self._reply(state, text, media, gen, mus, progress)
+
+    def _reply(self, state: VisitorState, text: str, media: dict[str, Any],
+               gen: GenerationSettings, mus: MusicSettings, progress: gr.Progress,
+               ) -> Iterator[tuple[list[dict[str, Any]], None, VisitorState]]:
+        shown = state.messages
+        try:
+            stream = state.session.stream(text, settings=gen, **media)
+        except M2UGenError as e:
+            shown.append(error_message(e))
+            yield shown, None, state
+            return
+        reply = {"role": "assistant", "content": ""}
+        shown.append(reply)
+        try:
+            for piece in stream:
+                reply["content"] += piece
+                yield shown, None, state
+        except GeneratorExit:  # Stop: the model's history keeps what the visitor saw
+            reply["content"] += " (stopped)"
+            state.session.history.append(Turn(text, str(reply["content"])))
+            raise
+        result = stream.result
+        assert result is not None
+        if not result.text:
+            reply["content"] = "(no text in this reply)"
+        state.last_music = None
+        if mus.music == "never" or (mus.music == "auto" and not result.has_audio_tokens):
+            yield shown, None, state
+            return
+        progress((0, None), desc=f"rendering {mus.seconds:g} s of music…")
+        waiting = {"role": "assistant", "content": f"🎵 rendering {mus.seconds:g} s of music…"}
+        shown.append(waiting)
+        yield shown, None, state
+        try:
+            rendered = state.session.render(result, mus)
+        except M2UGenError as e:
+            shown[-1] = error_message(e)
+            yield shown, None, state
+            return
+        assert rendered is not None
+        state.turns += 1
+        path = state.workdir / f"m2ugen-{state.turns:03d}.wav"
+        save_audio(path, rendered.waveform, rendered.sample_rate)
+        state.last_music = path
+        shown[-1] = music_message(path)
+        yield shown, None, state
+
+
+def _settings_panel() -> list[gr.components.Component]:
+    """The settings components, in the order `AssistantApp.respond` takes them."""
+    with gr.Accordion("Settings", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Top-p")
+            max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
+        with gr.Row():
+            music = gr.Radio(list(MUSIC_MODES), value="auto", label="Music",
+                             info="auto: when the reply asks for it")
+            condition = gr.Radio(["embedding", "text"], value="embedding", label="Condition",
+                                 info="embedding: what the model understood; text: the reply")
+        with gr.Row():
+            seconds = gr.Slider(1, 30, value=10, step=1, label="Music seconds")
+            guidance = gr.Slider(0.0, 10.0, value=3.5, step=0.5, label="Guidance")
+            steps = gr.Slider(0, 200, value=0, step=5, label="Decoder steps",
+                              info="AudioLDM2 only; 0 = default")
+            seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random")
+    return [temperature, top_p, max_new, music, seconds, guidance, steps, condition, seed]
+
+
+def _examples(examples_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for prompt, name in EXAMPLES:
+        if name is None:
+            out.append({"text": prompt, "files": []})
+        elif (examples_dir / name).is_file():
+            out.append({"text": prompt, "files": [str(examples_dir / name)]})
+        else:
+            log.warning("example %s missing: run `python examples/make_examples.py`", name)
+    return out
+
+
+def build_app(model: Any = "tiny", *, device: str = "cpu", limits: Limits | None = None,
+              examples_dir: Path | None = _DEFAULT_EXAMPLES_DIR) -> gr.Blocks:
+    """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen).
+
+    The AssistantApp is kept on the returned Blocks as `.assistant`.
+    """
+    if isinstance(model, str | os.PathLike):
+        from m2ugen.model import M2UGen
+
+        model = M2UGen.from_pretrained(model, device=device)
+    app = AssistantApp(model, limits)
+    with gr.Blocks(title="M2UGen") as demo:
+        gr.Markdown(f"# {TITLE}")
+        if app.notice:
+            gr.Markdown(app.notice, elem_id="model-notice")
+        state = gr.State(None, delete_callback=app.discard_state)
+        chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="chatbot")
+        textbox = gr.MultimodalTextbox(
+            file_types=["audio", "image", "video"], file_count="multiple", show_label=False,
+            placeholder="Ask about music, or attach music, an image or a video…",
+            elem_id="message")
+        with gr.Row():
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            new_chat = gr.Button("New conversation", elem_id="new-chat")
+        settings = _settings_panel()
+        if examples_dir is not None and (examples := _examples(Path(examples_dir))):
+            gr.Examples(examples=examples, inputs=[textbox], label="Examples")
+        submit = textbox.submit(
+            app.respond, [textbox, state, *settings], [chatbot, textbox, state],
+            api_name="chat", concurrency_limit=1, concurrency_id=app.concurrency_id,
+            show_progress="minimal")
+        stop.click(None, cancels=[submit])
+        new_chat.click(app.reset, [state], [chatbot, state], cancels=[submit],
+                       api_name="reset")
+        chatbot.clear(app.reset, [state], [chatbot, state], cancels=[submit])
+    demo.queue(max_size=32)
+    demo.assistant = app  # type: ignore[attr-defined]
+    return demo
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           max_upload_mb: float = 200.0, examples_dir: Path | None = _DEFAULT_EXAMPLES_DIR,
+           **kwargs: Any) -> Any:
+    """Serve `demo`: loopback only and no public link unless asked."""
+    allowed = [str(Path(examples_dir).resolve())] if examples_dir is not None else []
+    return demo.launch(server_name=host, server_port=port, share=share,
+                       max_file_size=f"{max_upload_mb:g}mb", allowed_paths=allowed,
+                       ssr_mode=False, run_history=False, mcp_server=False, **kwargs)

@@ -1,0 +1,1 @@
+"""Training data: published dataset formats → `Example` records, synthetic data, batching."""

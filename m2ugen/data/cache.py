@@ -1,0 +1,124 @@
+"""Feature cache: frozen-encoder features and decoder targets, computed once.
+
+Shards are safetensors files written atomically; `index.json` (also atomic) maps each key
+to its shard, so an interrupted `m2ugen cache-features` resumes where it stopped. Keys
+hash what the value depends on: the file's resolved path, size and mtime plus the
+encoder, or the caption plus the decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from m2ugen.checkpoint import atomic_write_text, save_tensors
+from m2ugen.errors import ConfigError
+
+INDEX = "index.json"
+
+
+def media_key(path: Path, modality: str, encoder: str) -> str:
+    st = path.stat()
+    text = f"{modality}|{encoder}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{modality}-" + hashlib.sha1(text.encode()).hexdigest()
+
+
+def caption_key(caption: str, decoder: str) -> str:
+    return "target-" + hashlib.sha1(f"{decoder}|{caption}".encode()).hexdigest()
+
+
+class FeatureCache:
+    """Read and append cached tensors under `root`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.index: dict[str, str] = {}
+        path = self.root / INDEX
+        if path.is_file():
+            try:
+                self.index = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}: damaged cache index ({e}); delete the cache "
+                                  "directory and run `m2ugen cache-features` again") from e
+        self._pending: dict[str, torch.Tensor] = {}
+        self._handles: dict[str, object] = {}
+
+    def __contains__(self, key: str | None) -> bool:
+        return key is not None and (key in self.index or key in self._pending)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, key: str) -> torch.Tensor:
+        if key in self._pending:
+            return self._pending[key]
+        shard = self.index[key]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.root / shard), framework="pt")
+        return self._handles[shard].get_tensor(key)
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        self._pending[key] = tensor.detach().to("cpu").contiguous()
+
+    def flush(self) -> None:
+        """Write pending tensors as a new shard, then the index (both atomically)."""
+        if not self._pending:
+            return
+        n = len({v for v in self.index.values()})
+        shard = f"shard-{n:05d}.safetensors"
+        while (self.root / shard).exists():
+            n += 1
+            shard = f"shard-{n:05d}.safetensors"
+        save_tensors(self.root / shard, self._pending)
+        for key in self._pending:
+            self.index[key] = shard
+        atomic_write_text(self.root / INDEX, json.dumps(self.index, sort_keys=True))
+        self._pending = {}
+
+
+def cache_features(cfg, flush_every: int = 64) -> FeatureCache:
+    """Precompute encoder features of every media file and decoder targets of every music
+    caption of the config's stage into `cfg.feature_cache` (resumable)."""
+    from tqdm.auto import tqdm
+
+    from m2ugen.data.dataset import MODALITIES, TrainDataset
+    from m2ugen.data.spec import collect, load_spec
+    from m2ugen.model import M2UGen
+    from m2ugen.train import _device
+
+    if not cfg.feature_cache:
+        raise ConfigError("feature_cache is not set; pass feature_cache=DIR")
+    device = _device(cfg, 0)
+    model = M2UGen.from_pretrained(cfg.model, device=device)
+    examples = collect(load_spec(cfg.data), f"stage{cfg.stage}", skip_bad=cfg.skip_bad)
+    cache = FeatureCache(cfg.feature_cache)
+    data = TrainDataset(examples, model, cfg.max_len, cache=None)
+    jobs: dict[str, tuple[str, object]] = {}
+    for ex in examples:
+        for m in MODALITIES:
+            key = data.feature_key(ex, m)
+            if key is not None and key not in cache:
+                jobs[key] = (m, ex)
+        key = data.target_key(ex)
+        if key is not None and key not in cache:
+            jobs[key] = ("target", ex)
+    done = 0
+    for key, (kind, ex) in tqdm(jobs.items(), desc="caching features", unit="item",
+                                disable=not cfg.progress):
+        with torch.no_grad():
+            if kind == "target":
+                target, mask = model.decoder.target([ex.music_caption])
+                cache.add(key, target[0])
+                cache.add(key + "-mask", mask[0])
+            else:
+                media = data.load_media(ex, kind)
+                cache.add(key, model.encode(1, **{kind: media})[kind][0][0])
+        done += 1
+        if done % flush_every == 0:
+            cache.flush()
+    cache.flush()
+    return cache

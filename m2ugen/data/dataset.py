@@ -1,0 +1,133 @@
+"""Torch dataset over Examples: token ids, media (decoded or cached features), targets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from m2ugen.data.batching import tokenize_example
+from m2ugen.data.cache import FeatureCache, caption_key, media_key
+from m2ugen.data.example import Example
+from m2ugen.media import load_audio, load_image, load_video
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("audio", "image", "video")
+
+
+class TrainDataset(Dataset):
+    """Items for `collate`: ids/labels plus, per modality, a cached feature or raw media.
+
+    Args:
+        examples: the stage's examples.
+        model: the M2UGen model (tokenizer, config, encoder settings, component ids).
+        max_len: sequence cap.
+        cache: optional feature cache; cached entries replace decoding + encoding.
+    """
+
+    def __init__(self, examples: Sequence[Example], model, max_len: int,
+                 cache: FeatureCache | None = None) -> None:
+        self.examples = list(examples)
+        cfg = model.config
+        self.sample_rate = model.encoders["audio"].sample_rate
+        self.num_frames = model.encoders["video"].num_frames
+        self.encoder_ids = {"audio": cfg.mert, "image": cfg.vit, "video": cfg.vivit}
+        self.decoder_id = f"{cfg.decoder}:{cfg.decoder_path}"
+        self.cache = cache
+        self.tokens = [tokenize_example(ex, model.tokenizer, cfg.prompt_template,
+                                        model.llm.audio_token_ids, max_len)
+                       for ex in self.examples]
+        cut = sum(t.truncated for t in self.tokens)
+        if cut:
+            log.warning("%d of %d examples are longer than max_len=%d and were cut", cut,
+                        len(self.tokens), max_len)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t.input_ids) for t in self.tokens]
+
+    def feature_key(self, ex: Example, modality: str) -> str | None:
+        path = getattr(ex, modality)
+        return None if path is None else media_key(path, modality, self.encoder_ids[modality])
+
+    def target_key(self, ex: Example) -> str | None:
+        return None if ex.music_caption is None else caption_key(ex.music_caption,
+                                                                  self.decoder_id)
+
+    def load_media(self, ex: Example, modality: str) -> Any:
+        path = getattr(ex, modality)
+        if modality == "audio":
+            return load_audio(path, sr=self.sample_rate)
+        if modality == "image":
+            return load_image(path)
+        return load_video(path, num_frames=self.num_frames)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex, tok = self.examples[i], self.tokens[i]
+        item: dict[str, Any] = {"input_ids": tok.input_ids, "labels": tok.labels,
+                                "audio_positions": tok.audio_positions,
+                                "caption": ex.music_caption if tok.audio_positions else None}
+        for m in MODALITIES:
+            item[f"{m}_feat"] = item[m] = None
+            if getattr(ex, m) is None:
+                continue
+            key = self.feature_key(ex, m)
+            if self.cache is not None and key in self.cache:
+                item[f"{m}_feat"] = self.cache.get(key)
+            else:
+                item[m] = self.load_media(ex, m)
+        item["target"] = None
+        key = self.target_key(ex)
+        if item["caption"] is not None and self.cache is not None and key in self.cache:
+            item["target"] = (self.cache.get(key), self.cache.get(key + "-mask"))
+        return item
+
+
+def batch_features(model, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-modality (feats (B, tokens, width), present (B,)) from cached features, encoding
+    the rest live with the frozen encoders."""
+    b = batch["input_ids"].shape[0]
+    out = {}
+    for m in MODALITIES:
+        cached, raw = batch[f"{m}_feat"], batch[m]
+        if all(c is None for c in cached) and all(r is None for r in raw):
+            continue
+        live = model.encode(b, **{m: raw})[m][0] if any(r is not None for r in raw) else None
+        feats = torch.zeros(b, *model.feature_shape(m), device=model.device, dtype=model.dtype)
+        present = torch.zeros(b, dtype=torch.bool, device=model.device)
+        for i in range(b):
+            if cached[i] is not None:
+                feats[i] = cached[i].to(model.device, model.dtype)
+                present[i] = True
+            elif raw[i] is not None:
+                feats[i] = live[i]
+                present[i] = True
+        out[m] = (feats, present)
+    return out
+
+
+def batch_music(model, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Music rows, [AUD] positions and targets (cached, or from the decoder) for a batch."""
+    rows = [i for i, c in enumerate(batch["caption"]) if c is not None]
+    if not rows:
+        return {}
+    dev = model.device
+    missing = [i for i in rows if batch["target"][i] is None]
+    live = {}
+    if missing:
+        t, mask = model.decoder.target([batch["caption"][i] for i in missing])
+        live = {i: (t[k], mask[k]) for k, i in enumerate(missing)}
+    targets = [batch["target"][i] or live[i] for i in rows]
+    return {
+        "music_rows": torch.tensor(rows, device=dev),
+        "music_positions": torch.tensor([batch["audio_positions"][i] for i in rows], device=dev),
+        "music_target": torch.stack([t.to(dev) for t, _ in targets]),
+        "music_mask": torch.stack([m.to(dev) for _, m in targets]),
+    }
