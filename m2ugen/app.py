@@ -278,18 +278,19 @@ class AssistantApp:
 
 def _settings_panel() -> list[gr.components.Component]:
     """The settings components, in the order `AssistantApp.respond` takes them."""
-    with gr.Accordion("Settings", open=False):
+    with gr.Accordion("Settings", open=False, elem_id="settings"):
         with gr.Row():
             temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.05, label="Temperature")
             top_p = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Top-p")
             max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
         with gr.Row():
             music = gr.Radio(list(MUSIC_MODES), value="auto", label="Music",
-                             info="auto: when the reply asks for it")
+                             info="auto: when the reply asks for it", elem_id="music-mode")
             condition = gr.Radio(["embedding", "text"], value="embedding", label="Condition",
                                  info="embedding: what the model understood; text: the reply")
         with gr.Row():
-            seconds = gr.Slider(1, 30, value=10, step=1, label="Music seconds")
+            seconds = gr.Slider(1, 30, value=10, step=1, label="Music seconds",
+                                elem_id="music-seconds")
             guidance = gr.Slider(0.0, 10.0, value=3.5, step=0.5, label="Guidance")
             steps = gr.Slider(0, 200, value=0, step=5, label="Decoder steps",
                               info="AudioLDM2 only; 0 = default")
@@ -320,7 +321,8 @@ def build_app(model: Any = "tiny", *, device: str = "cpu", limits: Limits | None
 
         model = M2UGen.from_pretrained(model, device=device)
     app = AssistantApp(model, limits)
-    with gr.Blocks(title="M2UGen") as demo:
+    # delete_cache: Gradio's copies of uploads and music older than a day, checked daily
+    with gr.Blocks(title="M2UGen", delete_cache=(86400, 86400)) as demo:
         gr.Markdown(f"# {TITLE}")
         if app.notice:
             gr.Markdown(app.notice, elem_id="model-notice")
@@ -343,7 +345,8 @@ def build_app(model: Any = "tiny", *, device: str = "cpu", limits: Limits | None
         stop.click(None, cancels=[submit])
         new_chat.click(app.reset, [state], [chatbot, state], cancels=[submit],
                        api_name="reset")
-        chatbot.clear(app.reset, [state], [chatbot, state], cancels=[submit])
+        chatbot.clear(app.reset, [state], [chatbot, state], cancels=[submit],
+                      api_visibility="private")
     demo.queue(max_size=32)
     demo.assistant = app  # type: ignore[attr-defined]
     return demo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -69,3 +70,15 @@ def any_tiny_model(request):
     """The tiny model with each decoder."""
     name = "tiny_model" if request.param == "musicgen" else "tiny_audioldm2_model"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> Path:
+    """The repo's example media, written by examples/make_examples.py into a temp dir."""
+    script = Path(__file__).resolve().parent.parent / "examples" / "make_examples.py"
+    spec = importlib.util.spec_from_file_location("make_examples", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("media")
+    module.main(out)
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,20 +10,6 @@ from pathlib import Path
 import pytest
 
 from m2ugen.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory) -> Path:
-    """The repo's example media (written by examples/make_examples.py)."""
-    spec = importlib.util.spec_from_file_location("make_examples",
-                                                  ROOT / "examples" / "make_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("media")
-    module.main(out)
-    return out
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -14,20 +11,6 @@ from m2ugen.chat import ChatSession, GenerationSettings
 from m2ugen.cli import main
 from m2ugen.errors import ChatError
 from m2ugen.music import MusicSettings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_examples",
-                                                  ROOT / "examples" / "make_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("media")
-    module.main(out)
-    return out
-
 
 PATHS = {
     "text": ([], "Generate a calm piano melody."),

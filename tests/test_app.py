@@ -1,0 +1,234 @@
+"""The chat app's message handling as plain functions, and its API through gradio_client."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+from m2ugen.app import (  # noqa: E402
+    TINY_NOTICE,
+    AssistantApp,
+    Limits,
+    VisitorState,
+    build_app,
+    check_size,
+    launch,
+    make_settings,
+    parse_message,
+)
+from m2ugen.errors import ChatError, MediaError  # noqa: E402
+from m2ugen.media import load_audio  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS: dict[str, Any] = dict(temperature=0.6, top_p=0.8, max_new_tokens=24, music="always",
+                                seconds=1, guidance=3.5, steps=0, condition="embedding", seed=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def example_media(tmp_path_factory) -> Path:
+    """The bundled example media, made by the repo's script (nothing downloaded)."""
+    spec = importlib.util.spec_from_file_location("make_examples",
+                                                  ROOT / "examples" / "make_examples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("examples")
+    module.main(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model, tmp_path_factory) -> AssistantApp:
+    return AssistantApp(tiny_model, Limits(max_audio_seconds=30),
+                        media_root=tmp_path_factory.mktemp("app-media"))
+
+
+def send(app: AssistantApp, message: Any, state: VisitorState | None = None,
+         **overrides: Any) -> tuple[list[dict[str, Any]], VisitorState]:
+    """Run one message to the end; returns (chatbot messages, state)."""
+    shown: list[dict[str, Any]] = []
+    for shown, textbox, state in app.respond(message, state, **{**SETTINGS, **overrides}):
+        assert textbox is None  # the textbox is cleared from the first update on
+    assert state is not None
+    return shown, state
+
+
+def texts(messages: list[dict[str, Any]], role: str = "assistant") -> list[str]:
+    return [m["content"] for m in messages if m["role"] == role and isinstance(m["content"], str)]
+
+
+def audio_paths(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["content"].value["path"] if isinstance(m["content"].value, dict)
+            else m["content"].value for m in messages
+            if m["role"] == "assistant" and not isinstance(m["content"], str | dict)]
+
+
+def test_parse_message_splits_text_and_files(tmp_path):
+    text, files = parse_message({"text": "  hi ", "files": [str(tmp_path / "a.WAV"),
+                                                            {"path": str(tmp_path / "b.png")}]})
+    assert text == "hi"
+    assert [(f.path.name, f.modality) for f in files] == [("a.WAV", "audio"), ("b.png", "image")]
+    assert parse_message(None) == ("", [])
+    assert parse_message("plain") == ("plain", [])
+
+
+def test_parse_message_rejects_unknown_types_and_duplicates(tmp_path):
+    with pytest.raises(MediaError, match="unknown media extension"):
+        parse_message({"text": "x", "files": [str(tmp_path / "notes.txt")]})
+    with pytest.raises(MediaError, match="at most one image"):
+        parse_message({"text": "x", "files": [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]})
+
+
+def test_make_settings_and_check_size(tmp_path):
+    gen, mus = make_settings(0.5, 0.9, 32, "never", 3, 2.0, 0, "text", -1)
+    assert (gen.seed, mus.seed, mus.steps, gen.max_new_tokens) == (None, None, None, 32)
+    gen, mus = make_settings(0.5, 0.9, 32, "auto", 3, 2.0, 25, "embedding", 7)
+    assert (gen.seed, mus.seed, mus.steps) == (7, 7, 25)
+    with pytest.raises(ChatError, match="top_p"):
+        make_settings(0.5, 0.0, 32, "auto", 3, 2.0, 0, "embedding", 0)
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * 4096)
+    check_size(big, 1)
+    with pytest.raises(MediaError, match="over the 0.001 MB upload limit"):
+        check_size(big, 0.001)
+
+
+def test_image_to_music_then_edit_follow_up(app, example_media):
+    shown, state = send(app, {"text": "Make music for this picture.",
+                              "files": [str(example_media / "sunset.png")]})
+    roles = [m["role"] for m in shown]
+    assert roles[:2] == ["user", "user"] and roles[2:] == ["assistant", "assistant"]
+    assert shown[0]["content"] == {"path": str(example_media / "sunset.png")}
+    assert texts(shown)[0]  # a reply (the tiny model's text is nonsense: check structure)
+    [wav] = audio_paths(shown)
+    assert state.last_music is not None and state.last_music.is_file()
+    assert state.last_music.parent == state.workdir and state.workdir.parent == app.media_root
+    assert sf.info(str(state.last_music)).duration == pytest.approx(1.0, abs=0.1)
+    assert set(state.session.media) == {"image"}
+    assert len(state.session.history) == 1 and "[AUD0]" in state.session.history[0].assistant
+
+    first = state.last_music
+    shown, state = send(app, {"text": "Make it faster.", "files": []}, state)
+    # the music this visitor just got is the audio input of the edit, in this session only
+    sr = app.model.encoders["audio"].sample_rate
+    np.testing.assert_array_equal(state.session.media["audio"], load_audio(first, sr=sr))
+    assert any(m.get("metadata") for m in shown)
+    assert len(state.session.history) == 2  # the conversation goes to the model
+    assert len(audio_paths(shown)) == 2 and state.last_music != first
+
+    other = send(app, "Make it faster.")[1]  # another visitor: no music of anybody else's
+    assert "audio" not in other.session.media and other.workdir != state.workdir
+
+
+def test_music_never_and_auto_without_tokens(app):
+    shown, state = send(app, "Describe jazz.", music="never")
+    assert texts(shown) and not audio_paths(shown) and state.last_music is None
+    assert len(state.session.history) == 1
+
+
+@pytest.mark.parametrize("case", ["unsupported", "corrupt", "too-large", "too-long", "empty",
+                                  "bad-setting"])
+def test_bad_input_becomes_a_chat_message_and_the_session_goes_on(app, example_media,
+                                                                 tmp_path, case):
+    message: dict[str, Any] = {"text": "What is this?", "files": []}
+    overrides: dict[str, Any] = {}
+    expect = {"unsupported": "unknown media extension", "corrupt": "cannot decode image",
+              "too-large": "upload limit", "too-long": "over the 2 s limit",
+              "empty": "the message is empty", "bad-setting": "top_p"}[case]
+    limits = Limits(max_audio_seconds=30)
+    if case == "unsupported":
+        (tmp_path / "notes.txt").write_text("hello")
+        message["files"] = [str(tmp_path / "notes.txt")]
+    elif case == "corrupt":
+        (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        message["files"] = [str(tmp_path / "broken.png")]
+    elif case == "too-large":
+        message["files"] = [str(example_media / "piano_120bpm.wav")]
+        limits = Limits(max_upload_mb=0.01)
+    elif case == "too-long":
+        message["files"] = [str(example_media / "piano_120bpm.wav")]  # 6 s
+        limits = Limits(max_audio_seconds=2)
+    elif case == "empty":
+        message["text"] = "   "
+    else:
+        overrides["top_p"] = 0.0
+    strict = AssistantApp(app.model, limits, media_root=app.media_root)
+    shown, state = send(strict, message, **overrides)
+    assert shown[-1]["role"] == "assistant" and expect in shown[-1]["content"]
+    assert shown[-1]["content"].startswith("⚠️")
+    assert state.session.history == []  # nothing went to the model
+    shown, state = send(strict, "Compose a short tune.", state, music="never")
+    assert len(state.session.history) == 1 and shown[-1]["role"] == "assistant"
+
+
+def test_stop_keeps_the_shown_partial_reply_in_the_history(app):
+    updates = app.respond("Tell me a long story about music.", None,
+                          **{**SETTINGS, "max_new_tokens": 200, "temperature": 1.0})
+    shown, _, state = next(updates)  # the user's message
+    for shown, _, state in updates:
+        if shown[-1]["role"] == "assistant" and shown[-1]["content"]:
+            break
+    else:
+        pytest.fail("the reply never streamed a piece")
+    updates.close()  # what Gradio does when Stop cancels the event
+    assert shown[-1]["content"].endswith("(stopped)")
+    assert state.session.history[-1].assistant == shown[-1]["content"]
+    assert state.last_music is None
+
+
+def test_reset_and_discard_remove_the_visitors_files(app):
+    _, state = send(app, "A waltz please.")
+    assert state.last_music is not None and state.workdir.is_dir()
+    shown, fresh = app.reset(state)
+    assert shown == [] and fresh.session.history == [] and not state.workdir.exists()
+    app.discard_state(fresh)
+    assert not fresh.workdir.exists()
+
+
+def test_gradio_client_drives_the_chat_endpoint(tiny_model, example_media):
+    from gradio_client import Client, handle_file
+
+    demo = build_app(tiny_model, examples_dir=example_media)
+    assert demo.assistant.notice == TINY_NOTICE
+    port = free_port()
+    launch(demo, port=port, prevent_thread_lock=True, quiet=True, examples_dir=example_media)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        client = Client(url, verbose=False)
+        args = dict(SETTINGS)
+        shown, textbox = client.predict(
+            {"text": "Make music for this picture.",
+             "files": [handle_file(str(example_media / "sunset.png"))]},
+            *args.values(), api_name="/chat")
+        assert textbox == {"text": "", "files": []}
+        assert [m["role"] for m in shown] == ["user", "user", "assistant", "assistant"]
+        assert shown[0]["content"][0]["type"] == "file"
+        [audio] = shown[-1]["content"]
+        assert audio["type"] == "component" and audio["component"] == "audio"
+        # the same client is one session: its follow-up edits its own music
+        shown, _ = client.predict({"text": "Make it faster.", "files": []}, *args.values(),
+                                  api_name="/chat")
+        assert any(m["metadata"] for m in shown) and len(shown) == 8
+        # a second client is a second visitor: nothing of the first one's conversation
+        other = Client(url, verbose=False)
+        shown, _ = other.predict({"text": "Make it faster.", "files": []}, *args.values(),
+                                 api_name="/chat")
+        assert [m["role"] for m in shown] == ["user", "assistant", "assistant"]
+        assert not any(m["metadata"] for m in shown)
+    finally:
+        demo.close()
