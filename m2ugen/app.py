@@ -27,6 +27,7 @@ from m2ugen.chat import ChatSession, GenerationSettings, Turn  # noqa: E402
 from m2ugen.checkpoint import TRAINED_NAME  # noqa: E402
 from m2ugen.errors import M2UGenError, MediaError  # noqa: E402
 from m2ugen.media import guess_modality, load_audio, load_image, load_video, save_audio  # noqa: E402
+from m2ugen.model import M2UGen  # noqa: E402
 from m2ugen.music import MUSIC_MODES, MusicSettings  # noqa: E402
 
 log = logging.getLogger("m2ugen")
@@ -103,7 +104,7 @@ def check_size(path: Path, max_mb: float) -> None:
                          "limit; send a shorter or smaller file")
 
 
-def load_attachments(model: Any, files: Sequence[Attachment], limits: Limits) -> dict[str, Any]:
+def load_attachments(model: M2UGen, files: Sequence[Attachment], limits: Limits) -> dict[str, Any]:
     """Load each attachment with the m2ugen loaders → {"audio"|"image"|"video": data}."""
     media: dict[str, Any] = {}
     for a in files:
@@ -156,7 +157,7 @@ def music_message(path: Path) -> dict[str, Any]:
 class AssistantApp:
     """The loaded model and the per-visitor chat logic around it."""
 
-    def __init__(self, model: Any, limits: Limits | None = None,
+    def __init__(self, model: M2UGen, limits: Limits | None = None,
                  media_root: Path | None = None) -> None:
         self.model = model
         self.limits = limits or Limits()
@@ -310,15 +311,14 @@ def _examples(examples_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def build_app(model: Any = "tiny", *, device: str = "cpu", limits: Limits | None = None,
+def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
+              limits: Limits | None = None,
               examples_dir: Path | None = _DEFAULT_EXAMPLES_DIR) -> gr.Blocks:
     """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen).
 
     The AssistantApp is kept on the returned Blocks as `.assistant`.
     """
-    if isinstance(model, str | os.PathLike):
-        from m2ugen.model import M2UGen
-
+    if not isinstance(model, M2UGen):
         model = M2UGen.from_pretrained(model, device=device)
     app = AssistantApp(model, limits)
     # delete_cache: Gradio's copies of uploads and music older than a day, checked daily

@@ -70,6 +70,7 @@ class InjectedLLM(nn.Module):
         self.gates = nn.Parameter(torch.zeros(n, self.num_heads))  # zero: inputs start unseen
         self.audio_token_ids = tokenizer.convert_tokens_to_ids(config.audio_tokens)
         self._prompts: torch.Tensor | None = None  # (3Q, B, D) during a forward
+        self._term_cache: dict[int, torch.Tensor] = {}  # injected terms for _prompts
         self._capture: list[torch.Tensor] | None = None
         layers = self.layers
         first = len(layers) - n
@@ -108,7 +109,12 @@ class InjectedLLM(nn.Module):
         def hook(module, args, output):
             if self._prompts is None:
                 return output
-            c = self.injected_term(j, self._prompts[j])  # (B, D)
+            if torch.is_grad_enabled():  # training: recompute so gradients flow each time
+                c = self.injected_term(j, self._prompts[j])  # (B, D)
+            else:  # generation: the term is constant while the prompts are
+                if j not in self._term_cache:
+                    self._term_cache[j] = self.injected_term(j, self._prompts[j])
+                c = self._term_cache[j]
             attn_out = output[0]
             return (attn_out + c[:, None, :].to(attn_out.dtype), *output[1:])
         return hook
@@ -120,12 +126,12 @@ class InjectedLLM(nn.Module):
     @contextmanager
     def prompts(self, prompts: torch.Tensor | None) -> Iterator[None]:
         """Inject `prompts` (3Q, B, D) into every forward inside the block."""
-        previous = self._prompts
-        self._prompts = prompts
+        previous = self._prompts, self._term_cache
+        self._prompts, self._term_cache = prompts, {}
         try:
             yield
         finally:
-            self._prompts = previous
+            self._prompts, self._term_cache = previous
 
     @contextmanager
     def capture_last_hidden(self) -> Iterator[list[torch.Tensor]]:

@@ -245,7 +245,7 @@ class M2UGen(nn.Module):
         prompts = self.layer_prompts(feats, input_ids.shape[0])
         # Sticky on purpose: gradient checkpointing re-runs the hooked layers during
         # backward, after this method returned, and they must see the same prompts.
-        self.llm._prompts = prompts
+        self.llm._prompts, self.llm._term_cache = prompts, {}
         with self.llm.capture_last_hidden() as captured:
             logits = self.llm(input_ids, attention_mask=attention_mask, use_cache=False).logits
         hidden = captured[-1]  # (B, T, D), before the final norm

@@ -61,11 +61,10 @@ def app(tiny_model, tmp_path_factory) -> AssistantApp:
 def send(app: AssistantApp, message: Any, state: VisitorState | None = None,
          **overrides: Any) -> tuple[list[dict[str, Any]], VisitorState]:
     """Run one message to the end; returns (chatbot messages, state)."""
-    shown: list[dict[str, Any]] = []
-    for shown, textbox, state in app.respond(message, state, **{**SETTINGS, **overrides}):
-        assert textbox is None  # the textbox is cleared from the first update on
-    assert state is not None
-    return shown, state
+    updates = list(app.respond(message, state, **{**SETTINGS, **overrides}))
+    assert all(textbox is None for _, textbox, _ in updates)  # the textbox is cleared
+    shown, _, final = updates[-1]
+    return shown, final
 
 
 def texts(messages: list[dict[str, Any]], role: str = "assistant") -> list[str]:
@@ -180,7 +179,7 @@ def test_stop_keeps_the_shown_partial_reply_in_the_history(app):
     updates = app.respond("Tell me a long story about music.", None,
                           **{**SETTINGS, "max_new_tokens": 200, "temperature": 1.0})
     shown, _, state = next(updates)  # the user's message
-    for shown, _, state in updates:
+    for shown, _, _state in updates:
         if shown[-1]["role"] == "assistant" and shown[-1]["content"]:
             break
     else:
