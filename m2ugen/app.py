@@ -185,8 +185,8 @@ class AssistantApp:
     @staticmethod
     def discard_state(state: VisitorState | None) -> None:
         """`gr.State` delete callback: drop the visitor's generated files."""
-        if state is not None:
-            shutil.rmtree(state.workdir, ignore_errors=True)
+        if state is not None and state.workdir.exists():
+            shutil.rmtree(state.workdir)
 
     def reset(self, state: VisitorState | None) -> tuple[list[dict[str, Any]], VisitorState]:
         self.discard_state(state)
@@ -217,16 +217,17 @@ class AssistantApp:
             gen, mus = make_settings(temperature, top_p, max_new_tokens, music, seconds,
                                      guidance, steps, condition, seed)
             media = load_attachments(self.model, files, self.limits)
+            if not files and state.last_music is not None:
+                # an edit follow-up: the music this visitor was just given is the input
+                media["audio"] = load_audio(state.last_music,
+                                            sr=self.model.encoders["audio"].sample_rate)
+                shown.append({"role": "assistant",
+                              "content": "Editing the music of my last reply.",
+                              "metadata": {"title": "🎼 input: previous music"}})
         except M2UGenError as e:
             shown.append(error_message(e))
             yield shown, None, state
             return
-        if not files and state.last_music is not None:
-            # an edit follow-up: the music this visitor was just given is the input
-            media["audio"] = load_audio(state.last_music,
-                                        sr=self.model.encoders["audio"].sample_rate)
-            shown.append({"role": "assistant", "content": "Editing the music of my last reply.",
-                          "metadata": {"title": "🎼 input: previous music"}})
         yield shown, None, state
         yield from self._reply(state, text, media, gen, mus, progress)
 
@@ -259,22 +260,26 @@ class AssistantApp:
             yield shown, None, state
             return
         progress((0, None), desc=f"rendering {mus.seconds:g} s of music…")
-        waiting = {"role": "assistant", "content": f"🎵 rendering {mus.seconds:g} s of music…"}
-        shown.append(waiting)
-        yield shown, None, state
+        shown.append({"role": "assistant", "content": f"🎵 rendering {mus.seconds:g} s of music…"})
         try:
-            rendered = state.session.render(result, mus)
-        except M2UGenError as e:
-            shown[-1] = error_message(e)
             yield shown, None, state
-            return
-        assert rendered is not None
-        state.turns += 1
-        path = state.workdir / f"m2ugen-{state.turns:03d}.wav"
-        save_audio(path, rendered.waveform, rendered.sample_rate)
-        state.last_music = path
-        shown[-1] = music_message(path)
-        yield shown, None, state
+            try:
+                rendered = state.session.render(result, mus)
+            except M2UGenError as e:
+                shown[-1] = error_message(e)
+                yield shown, None, state
+                return
+            assert rendered is not None
+            state.turns += 1
+            path = state.workdir / f"m2ugen-{state.turns:03d}.wav"
+            save_audio(path, rendered.waveform, rendered.sample_rate)
+            shown[-1] = music_message(path)
+            state.last_music = path
+            yield shown, None, state
+        except GeneratorExit:  # Stop before the music was shown: the visitor has none
+            shown[-1] = {"role": "assistant", "content": "(music stopped)"}
+            state.last_music = None
+            raise
 
 
 def _settings_panel() -> list[gr.components.Component]:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,10 @@ def _setup_logging(verbose: bool) -> None:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        # deprecation notices between transformers, peft and diffusers: not the user's to fix
+        for module in ("transformers", "peft", "diffusers"):
+            warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +26,6 @@ from m2ugen.app import (  # noqa: E402
 from m2ugen.errors import ChatError, MediaError  # noqa: E402
 from m2ugen.media import load_audio  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SETTINGS: dict[str, Any] = dict(temperature=0.6, top_p=0.8, max_new_tokens=24, music="always",
                                 seconds=1, guidance=3.5, steps=0, condition="embedding", seed=0)
 
@@ -37,19 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def example_media(tmp_path_factory) -> Path:
-    """The bundled example media, made by the repo's script (nothing downloaded)."""
-    spec = importlib.util.spec_from_file_location("make_examples",
-                                                  ROOT / "examples" / "make_examples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("examples")
-    module.main(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +91,12 @@ def test_make_settings_and_check_size(tmp_path):
         check_size(big, 0.001)
 
 
-def test_image_to_music_then_edit_follow_up(app, example_media):
+def test_image_to_music_then_edit_follow_up(app, media):
     shown, state = send(app, {"text": "Make music for this picture.",
-                              "files": [str(example_media / "sunset.png")]})
+                              "files": [str(media / "sunset.png")]})
     roles = [m["role"] for m in shown]
     assert roles[:2] == ["user", "user"] and roles[2:] == ["assistant", "assistant"]
-    assert shown[0]["content"] == {"path": str(example_media / "sunset.png")}
+    assert shown[0]["content"] == {"path": str(media / "sunset.png")}
     assert texts(shown)[0]  # a reply (the tiny model's text is nonsense: check structure)
     [wav] = audio_paths(shown)
     assert state.last_music is not None and state.last_music.is_file()
@@ -142,7 +126,7 @@ def test_music_never_and_auto_without_tokens(app):
 
 @pytest.mark.parametrize("case", ["unsupported", "corrupt", "too-large", "too-long", "empty",
                                   "bad-setting"])
-def test_bad_input_becomes_a_chat_message_and_the_session_goes_on(app, example_media,
+def test_bad_input_becomes_a_chat_message_and_the_session_goes_on(app, media,
                                                                  tmp_path, case):
     message: dict[str, Any] = {"text": "What is this?", "files": []}
     overrides: dict[str, Any] = {}
@@ -157,10 +141,10 @@ def test_bad_input_becomes_a_chat_message_and_the_session_goes_on(app, example_m
         (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
         message["files"] = [str(tmp_path / "broken.png")]
     elif case == "too-large":
-        message["files"] = [str(example_media / "piano_120bpm.wav")]
+        message["files"] = [str(media / "piano_120bpm.wav")]
         limits = Limits(max_upload_mb=0.01)
     elif case == "too-long":
-        message["files"] = [str(example_media / "piano_120bpm.wav")]  # 6 s
+        message["files"] = [str(media / "piano_120bpm.wav")]  # 6 s
         limits = Limits(max_audio_seconds=2)
     elif case == "empty":
         message["text"] = "   "
@@ -185,9 +169,20 @@ def test_stop_keeps_the_shown_partial_reply_in_the_history(app):
     else:
         pytest.fail("the reply never streamed a piece")
     updates.close()  # what Gradio does when Stop cancels the event
+    assert app.model.llm._prompts is None  # the injection state was unwound, not left set
     assert shown[-1]["content"].endswith("(stopped)")
     assert state.session.history[-1].assistant == shown[-1]["content"]
     assert state.last_music is None
+
+
+def test_stop_while_music_renders_leaves_no_music_to_edit(app):
+    updates = app.respond("A march.", None, **SETTINGS)
+    shown, _, state = next(updates)
+    while "rendering" not in str(shown[-1]["content"]):
+        shown, _, state = next(updates)
+    updates.close()
+    assert shown[-1]["content"] == "(music stopped)" and state.last_music is None
+    assert len(state.session.history) == 1  # the text reply itself was complete
 
 
 def test_reset_and_discard_remove_the_visitors_files(app):
@@ -199,20 +194,20 @@ def test_reset_and_discard_remove_the_visitors_files(app):
     assert not fresh.workdir.exists()
 
 
-def test_gradio_client_drives_the_chat_endpoint(tiny_model, example_media):
+def test_gradio_client_drives_the_chat_endpoint(tiny_model, media):
     from gradio_client import Client, handle_file
 
-    demo = build_app(tiny_model, examples_dir=example_media)
+    demo = build_app(tiny_model, examples_dir=media)
     assert demo.assistant.notice == TINY_NOTICE
     port = free_port()
-    launch(demo, port=port, prevent_thread_lock=True, quiet=True, examples_dir=example_media)
+    launch(demo, port=port, prevent_thread_lock=True, quiet=True, examples_dir=media)
     try:
         url = f"http://127.0.0.1:{port}/"
         client = Client(url, verbose=False)
         args = dict(SETTINGS)
         shown, textbox = client.predict(
             {"text": "Make music for this picture.",
-             "files": [handle_file(str(example_media / "sunset.png"))]},
+             "files": [handle_file(str(media / "sunset.png"))]},
             *args.values(), api_name="/chat")
         assert textbox == {"text": "", "files": []}
         assert [m["role"] for m in shown] == ["user", "user", "assistant", "assistant"]

@@ -6,7 +6,6 @@ installs it) and the playwright package; never `playwright install` (it download
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -35,27 +34,14 @@ MESSAGES = "#chatbot [data-testid=user], #chatbot [data-testid=bot]"
 
 
 @pytest.fixture(scope="module")
-def example_media(tmp_path_factory) -> Path:
-    """The bundled example media, made by the repo's script (nothing downloaded)."""
-    script = Path(__file__).resolve().parent.parent / "examples" / "make_examples.py"
-    spec = importlib.util.spec_from_file_location("make_examples", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("examples")
-    module.main(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model, example_media):
+def server(tiny_model, media):
     from m2ugen.app import build_app, launch
 
-    demo = build_app(tiny_model, examples_dir=example_media)
+    demo = build_app(tiny_model, examples_dir=media)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    launch(demo, port=port, prevent_thread_lock=True, quiet=True, examples_dir=example_media)
+    launch(demo, port=port, prevent_thread_lock=True, quiet=True, examples_dir=media)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -69,7 +55,7 @@ def browser():
         chromium.close()
 
 
-def test_image_to_music_in_the_browser_with_separate_sessions(server, browser, example_media,
+def test_image_to_music_in_the_browser_with_separate_sessions(server, browser, media,
                                                              tmp_path):
     first = browser.new_context()
     page = first.new_page()
@@ -85,7 +71,7 @@ def test_image_to_music_in_the_browser_with_separate_sessions(server, browser, e
     seconds.press("Enter")
 
     page.locator("#message input[type=file]").set_input_files(
-        str(example_media / "sunset.png"))
+        str(media / "sunset.png"))
     page.wait_for_selector("#message .thumbnail-item img")  # the upload finished
     page.locator("#message textarea").fill("Compose music that fits this picture.")
     start = time.perf_counter()

@@ -162,3 +162,12 @@ def test_schedule_and_config_errors(tmp_path):
         load_train_config(ROOT / "configs" / "stage1.yaml", ["max_steps"])
     cfg = load_train_config(ROOT / "configs" / "stage2.yaml", ["max_steps=7", "lr=2e-4"])
     assert (cfg.stage, cfg.max_steps, cfg.lr) == (2, 7, 2e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(spec, tiny_dir, tmp_path):
+    """Checkpointed layers recompute in backward with the same injected prompts."""
+    kw = dict(max_steps=3, stage=1)
+    plain = _losses(train(_cfg(spec, tmp_path / "plain", tiny_dir, **kw), resume=False))
+    ckpt = _losses(train(_cfg(spec, tmp_path / "ckpt", tiny_dir, gradient_checkpointing=True,
+                              **kw), resume=False))
+    assert ckpt == pytest.approx(plain, rel=1e-5)
