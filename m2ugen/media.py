@@ -7,7 +7,6 @@ Every loader checks the path first and turns any decoding problem into a one-lin
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +17,7 @@ import soundfile as sf
 import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from m2ugen.checkpoint import atomic_path
 from m2ugen.errors import MediaError
 
 PathLike = str | os.PathLike[str]
@@ -187,19 +187,8 @@ def save_audio(path: PathLike, waveform: np.ndarray, sr: int) -> None:
         raise ValueError("waveform contains NaN or infinite samples")
     data = np.clip(data, -1.0, 1.0)
     p.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the target so os.replace is a rename, not a cross-device copy.
-    tmp = tempfile.NamedTemporaryFile(
-        dir=p.parent, prefix=f".{p.name}.", suffix=".wav", delete=False
-    )
-    try:
-        with tmp:
-            sf.write(tmp, data, sr, format="WAV", subtype="PCM_16")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, p)
-    except BaseException:
-        os.unlink(tmp.name)
-        raise
+    with atomic_path(p, suffix=".wav") as tmp:  # temp file beside it, fsync, rename
+        sf.write(tmp, data, sr, format="WAV", subtype="PCM_16")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
