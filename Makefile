@@ -28,12 +28,13 @@ test-all: setup
 examples: setup
 	$(BIN)/python examples/make_examples.py
 
+# the chat app on the tiny offline model at http://127.0.0.1:7860 (MODEL=DIR for real weights)
+MODEL ?= tiny
 demo: setup examples
-	$(BIN)/m2ugen chat --model tiny --audio examples/media/piano_120bpm.wav \
-		--max-new-tokens 48 --seed 0 --music never "Describe this music."
+	$(BIN)/python gradio_app.py --model $(MODEL)
 
 lint: setup
-	$(BIN)/ruff check m2ugen tests benchmarks examples
+	$(BIN)/ruff check m2ugen tests benchmarks examples datasets_gen gradio_app.py
 
 clean:
 	rm -rf $(VENV) ckpts/tiny ckpts/tiny-audioldm2 .pytest_cache

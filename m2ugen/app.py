@@ -248,6 +248,7 @@ class AssistantApp:
                 reply["content"] += piece
                 yield shown, None, state
         except GeneratorExit:  # Stop: the model's history keeps what the visitor saw
+            stream.close()
             reply["content"] += " (stopped)"
             state.session.history.append(Turn(text, str(reply["content"])))
             raise

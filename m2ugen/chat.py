@@ -166,6 +166,11 @@ class ReplyStream:
         self._dropped = dropped
         self.result: ChatResult | None = None
 
+    def close(self) -> None:
+        """Stop generating (e.g. the user pressed Stop): ends the token generator, which
+        also leaves the model's injection and capture contexts."""
+        self._tokens.close()
+
     def __iter__(self) -> Iterator[str]:
         tok = self._session.model.tokenizer
         llm = self._session.model.llm
