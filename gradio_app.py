@@ -37,7 +37,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="m2ugen: %(message)s")
+    from m2ugen.cli import setup_logging
+
+    setup_logging(verbose=False)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests
     from m2ugen.app import Limits, build_app, launch
     from m2ugen.errors import M2UGenError

@@ -15,7 +15,7 @@ from m2ugen.errors import M2UGenError
 log = logging.getLogger("m2ugen")
 
 
-def _setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         return args.func(args)
     except M2UGenError as e:
