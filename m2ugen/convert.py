@@ -22,18 +22,15 @@ from m2ugen.checkpoint import TRAINED_NAME, atomic_directory, save_tensors
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
 from m2ugen.info import component_dir, decoder_cond_shape, encoder_features, read_config
-from m2ugen.meta_llama import permute_to_hf, resolve_llm_path
+from m2ugen.meta_llama import LAYER_NAMES, permute_to_hf, resolve_llm_path
 
 ADAPTER_PREFIXES = {"audio": "mu_mert", "image": "iu_vit", "video": "iu_vivit"}
-# published LLaMA layer parts → our (peft-wrapped HF) names
-_PROJ = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-         "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-         "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-         "feed_forward.w3": "mlp.up_proj"}
+# published LLaMA layer parts → HF names (the projections carry LoRA; the norms train)
+_PROJ = {k: v for k, v in LAYER_NAMES.items() if k.startswith(("attention.w", "feed_forward."))}
 _BIASED = ("attention.wq", "attention.wo", "feed_forward.w1", "feed_forward.w2",
            "feed_forward.w3")
 _BLOCK = ("norm", "f1", "f2", "f3")  # published `{prefix}_{part}_{k}`, k = 1..blocks
-_NORMS = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+_NORMS = {k: v for k, v in LAYER_NAMES.items() if k.endswith("_norm")}
 # frozen parts of the whole-model pickle, with why they are not converted
 _FROZEN = {"mert_model.": "frozen music encoder (loads from --mert)",
            "vit_model.": "frozen image encoder (loads from --vit)",
