@@ -326,6 +326,7 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
     """
     if not isinstance(model, M2UGen):
         model = M2UGen.from_pretrained(model, device=device)
+        model.llm.merge_for_inference()  # generation only: fold LoRA in
     app = AssistantApp(model, limits)
     # delete_cache: Gradio's copies of uploads and music older than a day, checked daily
     with gr.Blocks(title="M2UGen", delete_cache=(86400, 86400)) as demo:

@@ -99,6 +99,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if path and not Path(path).is_file():
             raise M2UGenError(f"{path}: file not found (given to --{flag})")
     model = M2UGen.from_pretrained(args.model, device=args.device)
+    model.llm.merge_for_inference()  # generation only: fold LoRA in
     session = ChatSession(model)
     media = _load_media(model, args)
     if args.prompt:

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 from transformers import AutoTokenizer, LlamaForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
@@ -142,6 +144,24 @@ class InjectedLLM(nn.Module):
             yield self._capture
         finally:
             self._capture = previous
+
+    def _mergeable(self) -> list[nn.Module]:
+        # v_proj keeps its LoRA separate: the injection uses the frozen base Wv
+        return [m for name, m in self.model.named_modules()
+                if (isinstance(m, LoraLayer) and not name.endswith("v_proj"))
+                or isinstance(m, TrainableTokensLayer)]
+
+    def merge_for_inference(self) -> None:
+        """Fold LoRA deltas and the new-token rows into the base weights (fewer kernels per
+        generated token; same outputs). Undone by `unmerge` before training."""
+        for module in self._mergeable():
+            if not module.merged:
+                module.merge()
+
+    def unmerge(self) -> None:
+        for module in self._mergeable():
+            if module.merged:
+                module.unmerge()
 
     def forward(self, input_ids: torch.Tensor, **kwargs):
         return self.model(input_ids=input_ids, **kwargs)

@@ -281,6 +281,7 @@ class M2UGen(nn.Module):
         """Make exactly the stage's declared groups trainable; returns the count."""
         if stage not in STAGE_GROUPS:
             raise ConfigError(f"stage {stage} is unknown; stages are 1, 2, 3")
+        self.llm.unmerge()  # training needs the deltas separate from the base weights
         self.requires_grad_(False)
         params = self.trained_parameters(STAGE_GROUPS[stage])
         for p in params.values():

@@ -142,3 +142,19 @@ def test_prompt_template_first_turn_is_the_published_one(tiny_model):
     assert format_prompt(template, [], "Describe this music.") == (
         "Below is an instruction that describes a task. Write a response that appropriately "
         "completes the request.\n\n### Instruction:\nDescribe this music.\n\n### Response:")
+
+
+def test_merging_for_inference_keeps_outputs(tiny_model, media_arrays):
+    ids = torch.tensor([[1, 50, 60, 70, 80]])
+    media = {"audio": media_arrays["audio"], "image": media_arrays["image"]}
+    before = tiny_model.forward_logits(ids, **media)
+    llm = tiny_model.llm
+    try:
+        llm.merge_for_inference()
+        assert llm.layers[0].self_attn.q_proj.merged and not llm.layers[0].self_attn.v_proj.merged
+        torch.testing.assert_close(tiny_model.forward_logits(ids, **media), before,
+                                   atol=1e-4, rtol=1e-4)
+    finally:
+        llm.unmerge()
+    assert not llm.layers[0].self_attn.q_proj.merged
+    torch.testing.assert_close(tiny_model.forward_logits(ids, **media), before)

@@ -37,6 +37,7 @@ class MusicCaptioner:
         from m2ugen.model import M2UGen
 
         self.model = M2UGen.from_pretrained(model, device=device)
+        self.model.llm.merge_for_inference()  # generation only: fold LoRA in
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.clip_seconds = clip_seconds
