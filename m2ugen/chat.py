@@ -150,6 +150,22 @@ def generate_tokens(llm, ids: list[int], prompts: torch.Tensor, settings: Genera
             seq = torch.cat([seq, step_input], dim=1)
 
 
+def _partial_stop(text: str) -> int:
+    """Length of the longest tail of `text` that could begin the stop text."""
+    for k in range(len(STOP_TEXT) - 1, 0, -1):
+        if text.endswith(STOP_TEXT[:k]):
+            return k
+    return 0
+
+
+def _flush(tok, ids: list[int], prefix_offset: int, read_offset: int) -> str:
+    """Text of tokens still held back when generation ended (even if incomplete UTF-8)."""
+    if read_offset >= len(ids):
+        return ""
+    before = tok.decode(ids[prefix_offset:read_offset], skip_special_tokens=True)
+    return tok.decode(ids[prefix_offset:], skip_special_tokens=True)[len(before):]
+
+
 class ReplyStream:
     """Iterate for text pieces as they are generated; `.result` holds the final reply."""
 
@@ -178,7 +194,11 @@ class ReplyStream:
         text_ids: list[int] = []
         all_ids: list[int] = []
         hidden_at: dict[int, torch.Tensor] = {}
-        shown = ""
+        # Incremental detokenisation over a sliding window (prefix_offset..): text is taken
+        # only once it no longer ends in an incomplete UTF-8 byte sequence, so what has been
+        # shown never changes afterwards.
+        text, shown, prefix_offset, read_offset = "", 0, 0, 0
+        stopped = False
         for token, hidden in self._tokens:
             if token == tok.eos_token_id:
                 break
@@ -189,23 +209,23 @@ class ReplyStream:
                     break
                 continue
             text_ids.append(token)
-            text = tok.decode(text_ids, skip_special_tokens=True)
+            before = tok.decode(text_ids[prefix_offset:read_offset], skip_special_tokens=True)
+            after = tok.decode(text_ids[prefix_offset:], skip_special_tokens=True)
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                text += after[len(before):]
+                prefix_offset, read_offset = read_offset, len(text_ids)
             if STOP_TEXT in text:
+                text, stopped = text[:text.index(STOP_TEXT)], True
                 break
-            # show only the stable part: text before an undecodable byte (a later byte may
-            # complete it) and before a possible start of the stop text
-            bad = text.find("\ufffd")
-            safe = text if bad < 0 else text[:bad]
-            for k in range(len(STOP_TEXT) - 1, 0, -1):
-                if safe.endswith(STOP_TEXT[:k]):
-                    safe = safe[:-k]
-                    break
-            if len(safe) > len(shown) and safe.startswith(shown):
-                yield safe[len(shown):]
-                shown = safe
-        text = tok.decode(text_ids, skip_special_tokens=True).split(STOP_TEXT)[0].rstrip()
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown):]
+            stable = len(text) - _partial_stop(text)
+            if stable > shown:
+                yield text[shown:stable]
+                shown = stable
+        if not stopped:
+            text = (text + _flush(tok, text_ids, prefix_offset, read_offset)).split(STOP_TEXT)[0]
+        text = text.rstrip()
+        if len(text) > shown:
+            yield text[shown:]
         final = text.strip()
         audio_hidden = None
         if len(hidden_at) == len(audio_ids):

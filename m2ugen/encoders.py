@@ -37,15 +37,18 @@ log = logging.getLogger(__name__)
 _MERT_REMOTE_ONLY = ("feature_extractor_cqt", "deepnorm")
 
 
-def load_mert(path: str, dtype: torch.dtype) -> tuple[nn.Module, str]:
+def load_mert(path: str, dtype: torch.dtype,
+              device: torch.device | None = None) -> tuple[nn.Module, str]:
     """Load MERT (or a HuBERT stand-in); returns the model and which path ran."""
     raw, _ = PretrainedConfig.get_config_dict(path)
     if raw.get("model_type") == "hubert" or not any(raw.get(k) for k in _MERT_REMOTE_ONLY):
         config = HubertConfig.from_dict({k: v for k, v in raw.items() if k != "auto_map"})
-        model = HubertModel.from_pretrained(path, config=config, dtype=dtype)
+        model = HubertModel.from_pretrained(path, config=config, dtype=dtype,
+                                            device_map=_device_map(device))
         how = "native HubertModel"
     else:
-        model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype)
+        model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype,
+                                          device_map=_device_map(device))
         how = "remote code (config enables " + ", ".join(
             k for k in _MERT_REMOTE_ONLY if raw.get(k)) + ")"
     log.info("MERT %s loaded as %s", path, how)
@@ -132,16 +135,24 @@ class VideoEncoder(nn.Module):
         return self.model(pixel_values=pixels.to(param.device, param.dtype)).last_hidden_state
 
 
+def _device_map(device: torch.device | None) -> dict[str, str] | None:
+    """Load straight onto `device`: host RAM never holds more than one file at a time."""
+    return None if device is None else {"": str(device)}
+
+
 def load_encoders(mert: str, vit: str, vivit: str, dtype: torch.dtype,
-                  chunk_seconds: float) -> dict[str, nn.Module]:
-    """All three frozen encoders with their processors, in eval mode."""
-    mert_model, _ = load_mert(mert, dtype)
+                  chunk_seconds: float, device: torch.device | None = None,
+                  ) -> dict[str, nn.Module]:
+    """All three frozen encoders with their processors, in eval mode, on `device`."""
+    mert_model, _ = load_mert(mert, dtype, device)
     music = MusicEncoder(mert_model, Wav2Vec2FeatureExtractor.from_pretrained(mert),
                          chunk_seconds)
-    image = ImageEncoder(ViTModel.from_pretrained(vit, dtype=dtype, add_pooling_layer=False)
-                         .eval(), AutoImageProcessor.from_pretrained(vit))
-    video = VideoEncoder(VivitModel.from_pretrained(vivit, dtype=dtype,
-                                                    add_pooling_layer=False).eval(),
+    where = _device_map(device)
+    image = ImageEncoder(ViTModel.from_pretrained(vit, dtype=dtype, add_pooling_layer=False,
+                                                  device_map=where).eval(),
+                         AutoImageProcessor.from_pretrained(vit))
+    video = VideoEncoder(VivitModel.from_pretrained(vivit, dtype=dtype, add_pooling_layer=False,
+                                                    device_map=where).eval(),
                          AutoImageProcessor.from_pretrained(vivit))
     return {"audio": music, "image": image, "video": video}
 

@@ -168,7 +168,7 @@ class InjectedLLM(nn.Module):
 
 
 def load_llm(path: str, tokenizer_path: str, config: M2UGenConfig,
-             dtype: torch.dtype) -> InjectedLLM:
+             dtype: torch.dtype, device: torch.device | None = None) -> InjectedLLM:
     """Load LLaMA with zero-init biases on every projection, add [AUD] rows, wrap in peft.
 
     A Meta-format checkpoint directory is converted once to HF format (cached)."""
@@ -183,8 +183,9 @@ def load_llm(path: str, tokenizer_path: str, config: M2UGenConfig,
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = LlamaForCausalLM.from_pretrained(path, dtype=dtype, attention_bias=True,
-                                                 mlp_bias=True)
+        model = LlamaForCausalLM.from_pretrained(
+            path, dtype=dtype, attention_bias=True, mlp_bias=True,
+            device_map=None if device is None else {"": str(device)})
     finally:
         hf_logging.set_verbosity(verbosity)
     if model.config.hidden_size != config.llm_dim:

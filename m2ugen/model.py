@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ class M2UGen(nn.Module):
     """
 
     def __init__(self, config: M2UGenConfig, encoders: dict[str, nn.Module], llm: InjectedLLM,
-                 base_dir: Path | None = None) -> None:
+                 base_dir: Path | None = None, empty: bool = False) -> None:
         super().__init__()
         self.config = config
         self.base_dir = base_dir
@@ -101,13 +102,16 @@ class M2UGen(nn.Module):
         d = config.llm_dim
         kw = {"blocks": config.adapter_blocks, "norm": config.adapter_norm,
               "eps": config.adapter_norm_eps}
-        self.adapters = nn.ModuleDict(
-            {m: UnderstandingAdapter(*self.feature_shape(m), d, **kw) for m in MODALITIES})
+        # `empty`: allocate nothing yet (meta); the caller loads every value from disk, which
+        # skips a random init of ~0.5 B parameters at LLaMA-2-7B size
+        with torch.device("meta") if empty else nullcontext():
+            self.adapters = nn.ModuleDict(
+                {m: UnderstandingAdapter(*self.feature_shape(m), d, **kw) for m in MODALITIES})
+            self.projector = OutputProjector(
+                d, config.projector_dim, config.projector_tokens, width=config.projector_width,
+                heads=config.projector_heads, layers=config.projector_layers,
+                ffn=config.projector_ffn)
         self.llm = llm
-        self.projector = OutputProjector(
-            d, config.projector_dim, config.projector_tokens, width=config.projector_width,
-            heads=config.projector_heads, layers=config.projector_layers,
-            ffn=config.projector_ffn)
         self.requires_grad_(False)
         self._decoder: MusicDecoder | None = None  # loaded on first use (not a submodule)
 
@@ -364,11 +368,16 @@ class M2UGen(nn.Module):
         def ref(key: str) -> str:
             return resolve_component(getattr(config, key), base)
         encoders = load_encoders(ref("mert"), ref("vit"), ref("vivit"), dtype,
-                                 config.mert_chunk_seconds)
-        llm = load_llm(ref("llm"), ref("tokenizer"), config, dtype)
-        model = cls(config, encoders, llm, base_dir=base).to(device=device, dtype=dtype)
+                                 config.mert_chunk_seconds, device)
+        llm = load_llm(ref("llm"), ref("tokenizer"), config, dtype, device)
         trained = base / TRAINED_NAME if base is not None else None
-        if trained is not None and trained.is_file():
+        has_trained = trained is not None and trained.is_file()
+        model = cls(config, encoders, llm, base_dir=base, empty=has_trained)
+        if has_trained:  # allocate the meta parts directly in the target dtype and device
+            for part in (model.adapters, model.projector):
+                part.to(dtype=dtype).to_empty(device=device)
+        model.to(device=device, dtype=dtype)
+        if has_trained:
             model.load_trained(load_tensors(trained), str(trained))
         elif warn_untrained:
             log.warning("%s has no %s: the model is UNTRAINED (zero gates ignore audio, image "

@@ -78,13 +78,16 @@ def test_session_drops_turns_when_context_is_full(tiny_model):
 
 
 @contextmanager
-def _prefer_audio_token(model, scale: float = 50.0):
-    """Make [AUD0] the greedy choice by enlarging its output row (a trained-model stand-in)."""
+def _prefer_audio_token(model, prompt_ids, prompts, scale: float = 50.0):
+    """Make [AUD0] the greedy first token (a trained-model stand-in): point its output row
+    along the final hidden state of the prompt's last position."""
     head = model.llm.model.get_output_embeddings()
     rows = head.token_adapter.trainable_tokens_delta["default"]
     saved = rows.detach().clone()
-    with torch.no_grad():
-        rows[0] = model.llm.model.get_input_embeddings().weight.new_ones(rows.shape[1]) * scale
+    with torch.no_grad(), model.llm.prompts(prompts):
+        last = model.llm(torch.tensor([prompt_ids]), output_hidden_states=True,
+                         use_cache=False).hidden_states[-1][0, -1]
+        rows[0] = scale * last / last.norm()
     try:
         yield
     finally:
@@ -94,22 +97,24 @@ def _prefer_audio_token(model, scale: float = 50.0):
 
 def test_audio_tokens_are_forced_and_their_hidden_states_returned(tiny_model, media_arrays):
     session = ChatSession(tiny_model)
-    with _prefer_audio_token(tiny_model):
-        result = session.send("Compose music for this picture.", image=media_arrays["image"],
-                              settings=_greedy(30))
     llm = tiny_model.llm
-    aud = llm.audio_token_ids
-    assert result.has_audio_tokens and result.audio_hidden.shape == (8, tiny_model.config.llm_dim)
-    assert result.token_ids[-8:] == aud  # [AUD1..7] forced after [AUD0], then stop
-    assert result.raw_text.endswith("".join(tiny_model.config.audio_tokens))
-    # independent check: the final norm of our pre-norm states equals HF's last hidden state
-    # at the positions whose next token is [AUDi]
+    message = "Compose music for this picture."
     prompt, _ = build_prompt_ids(tiny_model.tokenizer, tiny_model.config.prompt_template, [],
-                                 "Compose music for this picture.", 10_000)
-    seq = torch.tensor([prompt + result.token_ids])
-    with torch.no_grad(), _prefer_audio_token(tiny_model), \
-            llm.prompts(tiny_model.media_prompts(1, image=media_arrays["image"])):
-        out = llm(seq, output_hidden_states=True, use_cache=False)
+                                 message, 10_000)
+    with torch.no_grad():
+        prompts = tiny_model.media_prompts(1, image=media_arrays["image"])
+    with _prefer_audio_token(tiny_model, prompt, prompts):
+        result = session.send(message, image=media_arrays["image"], settings=_greedy(30))
+        aud = llm.audio_token_ids
+        assert result.has_audio_tokens
+        assert result.audio_hidden.shape == (8, tiny_model.config.llm_dim)
+        assert result.token_ids == aud  # [AUD0] first, [AUD1..7] forced after it, then stop
+        assert result.raw_text.endswith("".join(tiny_model.config.audio_tokens))
+        # independent check: the final norm of our pre-norm states equals HF's last hidden
+        # state at the positions whose next token is [AUDi]
+        seq = torch.tensor([prompt + result.token_ids])
+        with torch.no_grad(), llm.prompts(prompts):
+            out = llm(seq, output_hidden_states=True, use_cache=False)
     pos = [len(prompt) + i - 1 for i, t in enumerate(result.token_ids) if t in aud]
     norm = llm.model.get_base_model().model.norm
     torch.testing.assert_close(norm(result.audio_hidden), out.hidden_states[-1][0, pos],

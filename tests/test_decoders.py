@@ -94,4 +94,4 @@ def test_lengths_rates_and_determinism(any_tiny_model):
     assert np.isfinite(a).all() and np.abs(a).max() > 1e-4
     np.testing.assert_array_equal(a, b)
     c = dec.generate(_cond(any_tiny_model, seed=9), seconds=1.5, guidance=3.0, seed=1, steps=3)
-    assert np.abs(a - c).max() > 1e-4  # conditioning changes the audio
+    assert np.abs(a - c).max() > 0.01 * np.abs(a).max()  # conditioning changes the audio
