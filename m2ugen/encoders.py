@@ -28,7 +28,7 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
-from m2ugen.errors import ConfigError
+from m2ugen.errors import ConfigError, loading
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +144,20 @@ def load_encoders(mert: str, vit: str, vivit: str, dtype: torch.dtype,
                   chunk_seconds: float, device: torch.device | None = None,
                   ) -> dict[str, nn.Module]:
     """All three frozen encoders with their processors, in eval mode, on `device`."""
-    mert_model, _ = load_mert(mert, dtype, device)
-    music = MusicEncoder(mert_model, Wav2Vec2FeatureExtractor.from_pretrained(mert),
-                         chunk_seconds)
+    with loading("music encoder (MERT)", mert):
+        mert_model, _ = load_mert(mert, dtype, device)
+        music = MusicEncoder(mert_model, Wav2Vec2FeatureExtractor.from_pretrained(mert),
+                             chunk_seconds)
     where = _device_map(device)
-    image = ImageEncoder(ViTModel.from_pretrained(vit, dtype=dtype, add_pooling_layer=False,
-                                                  device_map=where).eval(),
-                         AutoImageProcessor.from_pretrained(vit))
-    video = VideoEncoder(VivitModel.from_pretrained(vivit, dtype=dtype, add_pooling_layer=False,
-                                                    device_map=where).eval(),
-                         AutoImageProcessor.from_pretrained(vivit))
+    with loading("image encoder (ViT)", vit):
+        image = ImageEncoder(ViTModel.from_pretrained(vit, dtype=dtype, add_pooling_layer=False,
+                                                      device_map=where).eval(),
+                             AutoImageProcessor.from_pretrained(vit))
+    with loading("video encoder (ViViT)", vivit):
+        video = VideoEncoder(VivitModel.from_pretrained(vivit, dtype=dtype,
+                                                        add_pooling_layer=False,
+                                                        device_map=where).eval(),
+                             AutoImageProcessor.from_pretrained(vivit))
     return {"audio": music, "image": image, "video": video}
 
 

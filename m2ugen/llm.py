@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM, PretrainedConfig, PreT
 from transformers.utils import logging as hf_logging
 
 from m2ugen.config import M2UGenConfig
-from m2ugen.errors import ConfigError
+from m2ugen.errors import ConfigError, loading
 from m2ugen.meta_llama import resolve_llm_path
 
 log = logging.getLogger(__name__)
@@ -173,19 +173,22 @@ def load_llm(path: str, tokenizer_path: str, config: M2UGenConfig,
 
     A Meta-format checkpoint directory is converted once to HF format (cached)."""
     path, tokenizer_path = resolve_llm_path(path), resolve_llm_path(tokenizer_path)
-    raw, _ = PretrainedConfig.get_config_dict(path)
+    with loading("LLM", path):
+        raw, _ = PretrainedConfig.get_config_dict(path)
     if raw.get("model_type") != "llama":
         raise ConfigError(f"{path}: model_type is {raw.get('model_type')!r}; m2ugen injects "
                           "into LLaMA-architecture models only (model_type 'llama')")
-    tokenizer = load_tokenizer(tokenizer_path, config.audio_tokens)
+    with loading("tokenizer", tokenizer_path):
+        tokenizer = load_tokenizer(tokenizer_path, config.audio_tokens)
     # biases are M2UGen's trained tensors; missing from a base checkpoint, they start at 0
     # (transformers' load report would list every bias as MISSING: expected, so hushed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = LlamaForCausalLM.from_pretrained(
-            path, dtype=dtype, attention_bias=True, mlp_bias=True,
-            device_map=None if device is None else {"": str(device)})
+        with loading("LLM", path):
+            model = LlamaForCausalLM.from_pretrained(
+                path, dtype=dtype, attention_bias=True, mlp_bias=True,
+                device_map=None if device is None else {"": str(device)})
     finally:
         hf_logging.set_verbosity(verbosity)
     if model.config.hidden_size != config.llm_dim:

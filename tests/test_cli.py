@@ -92,3 +92,12 @@ def test_interactive_conversation(tiny_dir, media, monkeypatch, capsys):
     assert "attached audio" in out and "conversation cleared" in out
     assert out.count("m2ugen> ") == 2
     assert "/nope.png" in err  # a bad attachment is reported and the session goes on
+
+
+def test_unreachable_component_is_a_one_line_error(capsys, monkeypatch):
+    """A hub preset offline: no traceback, the component and the fixes are named."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = _run(capsys, "chat", "--model", "musicgen-small", "hi")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "could not be loaded" in err and "m-a-p/MERT-v1-330M" in err
+    assert "huggingface-cli login" in err

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from m2ugen.errors import ConfigError
+from m2ugen.errors import ConfigError, loading
 
 TARGET_SCALE = 10.0  # published: projector regresses 10 × the decoder's conditioning
 
@@ -60,9 +60,11 @@ def load_decoder(kind: str, path: str, device: torch.device, dtype: torch.dtype)
     if kind == "musicgen":
         from m2ugen.decoders.musicgen import MusicGenDecoder
 
-        return MusicGenDecoder.from_pretrained(path, device, dtype)
+        with loading("music decoder (MusicGen)", path):
+            return MusicGenDecoder.from_pretrained(path, device, dtype)
     if kind == "audioldm2":
         from m2ugen.decoders.audioldm2 import AudioLDM2Decoder
 
-        return AudioLDM2Decoder.from_pretrained(path, device, dtype)
+        with loading("music decoder (AudioLDM2)", path):
+            return AudioLDM2Decoder.from_pretrained(path, device, dtype)
     raise ConfigError(f"decoder kind {kind!r} is unknown; use musicgen or audioldm2")
