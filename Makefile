@@ -6,7 +6,7 @@ STAMP := $(VENV)/.m2ugen-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all demo lint examples clean
+.PHONY: setup test demo lint examples clean
 
 setup: $(STAMP)
 
@@ -20,10 +20,6 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
-
-# the longer end-to-end runs too
-test-all: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow or not slow"
 
 examples: setup
 	$(BIN)/python examples/make_examples.py
