@@ -32,7 +32,7 @@ class AudioLDM2Decoder(MusicDecoder):
         # some hub repos store a bare GPT2Model, which the pipeline cannot generate with
         # under transformers 5; the LM-head class loads the same weights (tied head)
         lm = GPT2LMHeadModel.from_pretrained(path, subfolder="language_model", dtype=dtype)
-        pipe = AudioLDM2Pipeline.from_pretrained(path, language_model=lm, torch_dtype=dtype)
+        pipe = AudioLDM2Pipeline.from_pretrained(path, language_model=lm, dtype=dtype)
         return cls(pipe.to(device))
 
     @property
