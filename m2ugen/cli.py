@@ -180,7 +180,11 @@ def cmd_cache_features(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m2ugen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="m2ugen", description="A multimodal music assistant: chat about music, images "
+        "and video; generate and edit music; train, convert and inspect models.",
+        epilog="`m2ugen COMMAND --help` shows a command's options. The default model, tiny, "
+        "is an untrained offline smoke-test model built on first use.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
