@@ -340,8 +340,10 @@ class M2UGen(nn.Module):
             self.write_model_files(tmp)
         return directory
 
-    def write_model_files(self, directory: Path, metadata: dict[str, str] | None = None) -> None:
-        """Config, tokenizer and trained tensors into `directory`, each file atomically."""
+    def write_model_files(self, directory: Path, metadata: dict[str, str] | None = None,
+                          dtype: torch.dtype | None = None) -> None:
+        """Config, tokenizer and trained tensors (cast to `dtype` if given) into
+        `directory`, each file atomically."""
         cfg = M2UGenConfig.from_dict(self.config.to_dict())
         for key in ("llm", "mert", "vit", "vivit", "decoder_path"):
             ref = resolve_component(getattr(cfg, key), self.base_dir)
@@ -350,7 +352,9 @@ class M2UGen(nn.Module):
         cfg.tokenizer = "tokenizer"
         cfg.save(directory)
         self.tokenizer.save_pretrained(directory / "tokenizer")
-        save_tensors(directory / TRAINED_NAME, self.trained_parameters(),
+        tensors = {k: v if dtype is None else v.to(dtype)
+                   for k, v in self.trained_parameters().items()}
+        save_tensors(directory / TRAINED_NAME, tensors,
                      metadata={"format": "m2ugen", "version": str(cfg.format_version),
                                **(metadata or {})})
 

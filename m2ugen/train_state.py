@@ -46,7 +46,9 @@ def save_checkpoint(model, out: Path, optim, sched, scaler, step: int, epoch: in
             (tmp / "state.json").write_text(json.dumps(
                 {"step": step, "epoch": epoch, "batch": batch, "world": world,
                  "config": cfg.to_dict()}, indent=2))
-        model.write_model_files(out, metadata={"step": str(step), "stage": str(cfg.stage)})
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.save_dtype]
+        model.write_model_files(out, metadata={"step": str(step), "stage": str(cfg.stage)},
+                                dtype=dtype)
     if world > 1:
         dist.barrier()
 

@@ -171,3 +171,18 @@ def test_gradient_checkpointing_gives_the_same_losses(spec, tiny_dir, tmp_path):
     ckpt = _losses(train(_cfg(spec, tmp_path / "ckpt", tiny_dir, gradient_checkpointing=True,
                               **kw), resume=False))
     assert ckpt == pytest.approx(plain, rel=1e-5)
+
+
+def test_bf16_model_directory_is_half_the_size(spec, tiny_dir, tmp_path):
+    fp32 = train(_cfg(spec, tmp_path / "fp32", tiny_dir, max_steps=1, warmup_steps=0),
+                 resume=False)
+    bf16 = train(_cfg(spec, tmp_path / "bf16", tiny_dir, max_steps=1, warmup_steps=0,
+                      save_dtype="bf16"), resume=False)
+    a, b = load_file(str(fp32 / TRAINED_NAME)), load_file(str(bf16 / TRAINED_NAME))
+    assert all(t.dtype == torch.bfloat16 for t in b.values())
+    assert all(torch.equal(a[k].to(torch.bfloat16), b[k]) for k in a)
+    assert (bf16 / TRAINED_NAME).stat().st_size < 0.55 * (fp32 / TRAINED_NAME).stat().st_size
+    # resume state stays fp32 and the bf16 directory loads for chat
+    state = load_file(str(bf16 / "trainer_state" / TRAINED_NAME))
+    assert all(t.dtype == torch.float32 for t in state.values())
+    assert M2UGen.from_pretrained(bf16).dtype == torch.float32
