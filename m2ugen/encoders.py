@@ -47,10 +47,17 @@ def load_mert(path: str, dtype: torch.dtype,
                                             device_map=_device_map(device))
         how = "native HubertModel"
     else:
-        model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype,
-                                          device_map=_device_map(device))
-        how = "remote code (config enables " + ", ".join(
-            k for k in _MERT_REMOTE_ONLY if raw.get(k)) + ")"
+        switches = ", ".join(k for k in _MERT_REMOTE_ONLY if raw.get(k))
+        try:
+            model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype,
+                                              device_map=_device_map(device))
+        except (ValueError, ImportError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(
+                f"{path}: this MERT config enables {switches}, which only the hub's remote code "
+                f"(modeling_MERT.py) computes, and it could not be loaded ({reason}); use a "
+                "MERT checkpoint with those switches off or a repo that ships its code") from e
+        how = f"remote code (config enables {switches})"
     log.info("MERT %s loaded as %s", path, how)
     return model.eval(), how
 
