@@ -63,9 +63,12 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 where the GPU has it, fp16 (+ grad scaler) otherwise; none on CPU."""
-    if device.type != "cuda" or cfg.precision == "fp32":
+    """Autocast dtype: bf16 where the GPU has it, fp16 (+ grad scaler) on older GPUs, none
+    (fp32) on the CPU unless bf16 is asked for explicitly (CPU autocast supports bf16)."""
+    if cfg.precision == "fp32" or (device.type != "cuda" and cfg.precision == "auto"):
         return None
+    if device.type != "cuda" and cfg.precision == "fp16":
+        raise ConfigError("precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     if cfg.precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
@@ -85,9 +88,11 @@ def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
     if cfg.init_trained == "standard":
         model.reset_trained(cfg.seed)
     n_trainable = model.set_stage(cfg.stage)
-    for p in model.parameters():
-        if p.requires_grad:  # master weights of what trains stay fp32
-            p.data = p.data.float()
+    # every trained tensor stays fp32 (autocast computes in bf16/fp16): the ones this stage
+    # trains are master weights, the others (e.g. stage-1 adapters in stage 2) are saved
+    # again and must not lose precision on the way through a bf16 model
+    for p in model.trained_parameters().values():
+        p.data = p.data.float()
     if cfg.gradient_checkpointing:
         model.llm.model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -186,3 +186,15 @@ def test_bf16_model_directory_is_half_the_size(spec, tiny_dir, tmp_path):
     state = load_file(str(bf16 / "trainer_state" / TRAINED_NAME))
     assert all(t.dtype == torch.float32 for t in state.values())
     assert M2UGen.from_pretrained(bf16).dtype == torch.float32
+
+
+def test_mixed_precision_path_runs_on_cpu_bf16(spec, tiny_dir, tmp_path):
+    """The GPU recipe (bf16 frozen weights, fp32 trained tensors, bf16 autocast) on the CPU:
+    stage 2 with music targets trains, stays finite and saves fp32 trained tensors."""
+    out = train(_cfg(spec, tmp_path / "bf16", tiny_dir, stage=2, init_trained="keep",
+                     max_steps=3, warmup_steps=1, precision="bf16"), resume=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert any(r["mse"] > 0 for r in rows)  # music targets went through the projector
+    saved = load_file(str(out / TRAINED_NAME))
+    assert all(t.dtype == torch.float32 for t in saved.values())
