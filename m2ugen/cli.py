@@ -41,6 +41,18 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_attachment(path: str, flag: str) -> None:
+    """The file exists and its type fits the flag (audio may come in a video container)."""
+    from m2ugen.media import guess_modality
+
+    if not Path(path).is_file():
+        raise M2UGenError(f"{path}: file not found (given to --{flag})")
+    kind = guess_modality(path)
+    if kind != flag and not (flag == "audio" and kind == "video"):
+        raise M2UGenError(f"{path}: looks like {'an' if kind == 'image' else 'a'} {kind} file "
+                          f"but was given to --{flag}; attach it with --{kind}")
+
+
 def _load_media(model, args: argparse.Namespace) -> dict:
     from m2ugen.media import load_audio, load_image, load_video
 
@@ -96,8 +108,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise M2UGenError(f"--out {args.out}: music is written as WAV; use a .wav name")
     for flag in ("audio", "image", "video"):  # fail on a bad path before loading the model
         path = getattr(args, flag)
-        if path and not Path(path).is_file():
-            raise M2UGenError(f"{path}: file not found (given to --{flag})")
+        if path:
+            _check_attachment(path, flag)
     model = M2UGen.from_pretrained(args.model, device=args.device)
     model.llm.merge_for_inference()  # generation only: fold LoRA in
     session = ChatSession(model)
@@ -251,6 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except M2UGenError as e:
         print(f"m2ugen: error: {e}", file=sys.stderr)
+        return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileNotFoundError,
+            FileExistsError) as e:  # a path the user gave that cannot be written or read
+        if args.verbose:
+            raise
+        print(f"m2ugen: error: {e.filename or ''}: {e.strerror or e}; choose another path "
+              "(run with -v for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("m2ugen: interrupted", file=sys.stderr)

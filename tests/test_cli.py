@@ -101,3 +101,14 @@ def test_unreachable_component_is_a_one_line_error(capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "could not be loaded" in err and "m-a-p/MERT-v1-330M" in err
     assert "huggingface-cli login" in err
+
+
+def test_wrong_kind_of_attachment_and_unwritable_paths(tmp_path, media, capsys):
+    code, _, err = _run(capsys, "chat", "--model", "tiny", "--video",
+                        str(media / "sunset.png"), "hi")
+    assert code == 2 and "looks like an image file" in err and "--image" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = _run(capsys, "synth-data", str(blocker / "data"))
+    assert code == 2 and err.count("\n") == 1 and str(blocker) in err
+    assert "Traceback" not in err
