@@ -118,6 +118,13 @@ def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Run one stage; returns the output model directory."""
+    out = Path(cfg.out)
+    if not resume and (out / STATE_DIR).exists():
+        raise ConfigError(f"{out} holds a training run already; pass --resume to continue it "
+                          "or choose another out=")
+    if not resume and (out / "m2ugen.json").exists():  # never overwrite someone's model
+        raise ConfigError(f"{out} holds a model directory that is not a training run; "
+                          "choose another out= (the model to start from goes in model=)")
     world, rank, local = _dist_setup()
     device = _device(cfg, local)
     torch.manual_seed(cfg.seed + rank)  # a seed per rank
@@ -130,15 +137,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                               lr=cfg.lr, betas=tuple(cfg.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, cfg) / cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
-    out = Path(cfg.out)
     step, epoch, batch_pos = 0, 0, 0
     if resume:
         step, epoch, batch_pos = load_trainer_state(out, optim, sched, scaler, rank, device,
                                                     model)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", out, step, epoch, batch_pos)
-    elif (out / STATE_DIR).exists():
-        raise ConfigError(f"{out} holds a training run already; pass --resume to continue it "
-                          "or choose another out=")
+
     net = model
     if world > 1:
         frozen = [n for n, p in model.named_parameters() if not p.requires_grad]

@@ -198,3 +198,10 @@ def test_mixed_precision_path_runs_on_cpu_bf16(spec, tiny_dir, tmp_path):
     assert any(r["mse"] > 0 for r in rows)  # music targets went through the projector
     saved = load_file(str(out / TRAINED_NAME))
     assert all(t.dtype == torch.float32 for t in saved.values())
+
+
+def test_training_never_overwrites_a_model_directory(spec, tiny_dir, tmp_path):
+    before = (tiny_dir / TRAINED_NAME).read_bytes()
+    with pytest.raises(M2UGenError, match="not a training run"):
+        train(_cfg(spec, tiny_dir, tiny_dir, max_steps=1, warmup_steps=0), resume=False)
+    assert (tiny_dir / TRAINED_NAME).read_bytes() == before
