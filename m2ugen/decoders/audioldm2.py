@@ -16,6 +16,7 @@ from transformers import GPT2LMHeadModel
 from m2ugen.decoders import TARGET_SCALE, MusicDecoder
 
 NEGATIVE_PROMPT = "Low quality."
+T5_TOKENS = 128  # published: the projector makes 128 T5 states (whatever the tokenizer's max)
 DEFAULT_STEPS = 100
 
 
@@ -45,8 +46,7 @@ class AudioLDM2Decoder(MusicDecoder):
 
     @property
     def t5_shape(self) -> tuple[int, int]:
-        return (int(self.pipe.tokenizer_2.model_max_length),
-                int(self.pipe.text_encoder_2.config.d_model))
+        return T5_TOKENS, int(self.pipe.text_encoder_2.config.d_model)
 
     @property
     def gpt2_shape(self) -> tuple[int, int]:
