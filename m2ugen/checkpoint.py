@@ -7,6 +7,7 @@ depend on peft's wrapper prefixes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -97,3 +98,23 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def fingerprint(directory: str | Path) -> str | None:
+    """A cheap identity of a local component's weights: config plus the header, middle and
+    end of every weight file (enough to tell two different initialisations or checkpoints
+    apart without reading gigabytes). None when `directory` is not a local directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    h = hashlib.sha1()
+    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")) + \
+        sorted(directory.glob("config.json"))
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            for offset in (0, size // 2, max(0, size - 65536)):
+                fh.seek(offset)
+                h.update(fh.read(65536))
+    return h.hexdigest()[:20]

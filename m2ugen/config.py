@@ -79,6 +79,9 @@ class M2UGenConfig:
     max_context: int = 1024
     prompt_template: str = PROMPT_TEMPLATE
     format_version: int = FORMAT_VERSION
+    # identities of the local base components the trained tensors were made on (written with
+    # the model directory; a mismatch at load time is reported)
+    base_fingerprints: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

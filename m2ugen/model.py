@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from m2ugen.adapters import OutputProjector, UnderstandingAdapter
-from m2ugen.checkpoint import TRAINED_NAME, atomic_directory, load_tensors, save_tensors
+from m2ugen.checkpoint import (
+    TRAINED_NAME,
+    atomic_directory,
+    fingerprint,
+    load_tensors,
+    save_tensors,
+)
 from m2ugen.config import M2UGenConfig, resolve_component
 from m2ugen.decoders import MusicDecoder, load_decoder
 from m2ugen.encoders import feature_shape, load_encoders
@@ -349,6 +355,8 @@ class M2UGen(nn.Module):
             ref = resolve_component(getattr(cfg, key), self.base_dir)
             if Path(ref).exists():  # local component: keep pointing at it from anywhere
                 setattr(cfg, key, str(Path(ref).resolve()))
+                cfg.base_fingerprints[key] = (cfg.base_fingerprints.get(key)
+                                              or fingerprint(ref) or "")
         cfg.tokenizer = "tokenizer"
         cfg.save(directory)
         self.tokenizer.save_pretrained(directory / "tokenizer")
@@ -383,10 +391,22 @@ class M2UGen(nn.Module):
         model.to(device=device, dtype=dtype)
         if has_trained:
             model.load_trained(load_tensors(trained), str(trained))
+            _check_fingerprints(config, base)
         elif warn_untrained:
             log.warning("%s has no %s: the model is UNTRAINED (zero gates ignore audio, image "
                         "and video)", name_or_dir, TRAINED_NAME)
         return model.eval()
+
+
+def _check_fingerprints(config: M2UGenConfig, base: Path | None) -> None:
+    """Warn loudly when a local base component changed since the model was written."""
+    for key, expected in config.base_fingerprints.items():
+        ref = resolve_component(getattr(config, key), base)
+        found = fingerprint(ref)
+        if expected and found is not None and found != expected:
+            log.warning("%s (%s) is not the %s this model was trained on: its weights changed "
+                        "since the model directory was written, so the trained tensors will "
+                        "not fit them; point the config at the original", ref, key, key)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -100,3 +101,16 @@ def test_resolve_model_names(tiny_dir, tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         resolve_model(tmp_path / "file.txt")
+
+
+def test_changed_base_component_is_reported(tmp_path, caplog):
+    base = build_tiny(tmp_path / "base", seed=5)
+    saved = M2UGen.from_pretrained(base).save_pretrained(tmp_path / "run")
+    cfg = json.loads((saved / "m2ugen.json").read_text())
+    assert set(cfg["base_fingerprints"]) == {"llm", "mert", "vit", "vivit", "decoder_path"}
+    caplog.clear()
+    M2UGen.from_pretrained(saved)
+    assert "trained on" not in caplog.text  # unchanged base: silent
+    build_tiny(tmp_path / "base", seed=6)  # same shapes, other weights
+    M2UGen.from_pretrained(saved)
+    assert "is not the llm this model was trained on" in caplog.text
