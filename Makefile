@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.m2ugen-installed
-export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup test demo lint examples clean
@@ -18,7 +17,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# ruff, then the suite (STYLE.md §15: one entry point for checks)
 test: setup
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 examples: setup
@@ -30,7 +31,7 @@ demo: setup examples
 	$(BIN)/python gradio_app.py --model $(MODEL)
 
 lint: setup
-	$(BIN)/ruff check m2ugen tests benchmarks examples datasets_gen gradio_app.py
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) ckpts/tiny ckpts/tiny-audioldm2 .pytest_cache
