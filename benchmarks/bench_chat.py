@@ -58,13 +58,17 @@ def main() -> None:
         run(llm, config, ids, 8, True)  # warm-up
         cached, t_cache = run(llm, config, ids, args.new_tokens, True)
         full, t_full = run(llm, config, ids, args.new_tokens, False)
+        llm.merge_for_inference()  # what chat and the app do after loading
+        merged, t_merged = run(llm, config, ids, args.new_tokens, True)
     n = len(cached)
     print(f"LLM {args.layers} layers × {args.dim}, prompt {len(ids)} tokens, {n} new tokens, "
           f"{torch.get_num_threads()} threads")
     print(f"  KV cache : {n / t_cache:8.1f} tokens/s")
     print(f"  re-run   : {len(full) / t_full:8.1f} tokens/s")
-    print(f"  same tokens: {cached == full}")
-    print(f"  speed-up : {(n / t_cache) / (len(full) / t_full):.1f}x")
+    print(f"  KV cache + LoRA merged: {len(merged) / t_merged:8.1f} tokens/s")
+    print(f"  same tokens: {cached == full == merged}")
+    print(f"  speed-up : {(n / t_cache) / (len(full) / t_full):.1f}x (cache), "
+          f"{(len(merged) / t_merged) / (len(full) / t_full):.1f}x (cache + merge)")
 
 
 if __name__ == "__main__":
