@@ -35,3 +35,30 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) ckpts/tiny ckpts/tiny-audioldm2 .pytest_cache
+
+# Mutation testing of the core modules with mutmut (tools/mutate.py; config in pyproject.toml
+# [tool.mutmut]; work files in mutants/). Not part of `make test`: slow, run it on a quiet
+# machine. MODULES="m2ugen/music.py m2ugen/decoders/" for a subset; TESTS="tests/a.py ..."
+# replaces the test selection for a quick trial; JOBS=N tests N mutants at once;
+# MUTANTS="NAME ..." re-runs named mutants (e.g. survivors, after adding a test).
+# Results are cached in mutants/ (rm -rf mutants/ starts afresh). Measured: ~3400 mutants
+# in the core modules, ~20 s each on 2 shared cores; a module takes minutes to hours.
+MUTMUT_VERSION := 3.8.1
+MUTMUT_STAMP := $(VENV)/.mutmut-$(MUTMUT_VERSION)
+MODULES ?=
+TESTS ?=
+JOBS ?= 1
+MUTANTS ?=
+.PHONY: mutate mutate-report
+
+$(MUTMUT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet mutmut==$(MUTMUT_VERSION)
+	touch $@
+
+mutate: setup $(MUTMUT_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python tools/mutate.py run --modules "$(MODULES)" \
+		--tests "$(TESTS)" --jobs $(JOBS) --mutants "$(MUTANTS)"
+
+# the kill-rate table and survivors of the last run, without running anything
+mutate-report: $(MUTMUT_STAMP)
+	$(BIN)/python tools/mutate.py report --modules "$(MODULES)"

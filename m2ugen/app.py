@@ -10,9 +10,13 @@ Message handling is plain functions, testable without a browser.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
+import numbers
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +29,14 @@ import gradio as gr  # noqa: E402
 
 from m2ugen.chat import ChatSession, GenerationSettings, Turn  # noqa: E402
 from m2ugen.checkpoint import TRAINED_NAME  # noqa: E402
-from m2ugen.errors import M2UGenError, MediaError  # noqa: E402
+from m2ugen.errors import (  # noqa: E402
+    ChatError,
+    ConfigError,
+    M2UGenError,
+    MediaError,
+    check_number,
+    check_seed,
+)
 from m2ugen.media import guess_modality, load_audio, load_image, load_video, save_audio  # noqa: E402
 from m2ugen.model import M2UGen  # noqa: E402
 from m2ugen.music import MUSIC_MODES, MusicSettings  # noqa: E402
@@ -49,6 +60,19 @@ EXAMPLES = (  # (prompt, file in examples/media or None)
     ("Compose a calm piano piece for a rainy evening.", None),
 )
 _DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "media"
+# The settings sliders: field → (label, minimum, maximum). The panel is built from it and
+# make_settings enforces the same ranges, since the API can send any JSON value.
+SLIDERS: dict[str, tuple[str, float, float]] = {
+    "temperature": ("Temperature", 0.0, 2.0),
+    "top_p": ("Top-p", 0.05, 1.0),
+    "max_new_tokens": ("Max new tokens", 8, 512),
+    "seconds": ("Music seconds", 1, 30),
+    "guidance": ("Guidance", 0.0, 10.0),
+    "steps": ("Decoder steps", 0, 200),
+}
+LABELS = {**{k: v[0] for k, v in SLIDERS.items()}, "music": "Music", "condition": "Condition",
+          "seed": "Seed"}
+_INTEGER_SETTINGS = ("max_new_tokens", "steps")
 
 
 @dataclass
@@ -120,18 +144,42 @@ def load_attachments(model: M2UGen, files: Sequence[Attachment], limits: Limits)
     return media
 
 
-def make_settings(temperature: float, top_p: float, max_new_tokens: float, music: str,
-                  seconds: float, guidance: float, steps: float, condition: str,
-                  seed: float | None) -> tuple[GenerationSettings, MusicSettings]:
+def setting_name(field: str) -> str:
+    """A setting as the visitor knows it: the panel label, plus the API parameter name
+    where it differs ("Top-p (top_p)")."""
+    label = LABELS.get(field, field)
+    return label if label.lower() == field else f"{label} ({field})"
+
+
+def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
+                  seconds: Any, guidance: Any, steps: Any, condition: Any,
+                  seed: Any) -> tuple[GenerationSettings, MusicSettings]:
     """The settings panel's values → validated settings; seed < 0 or empty = random,
-    steps 0 = the decoder's default."""
-    seed_value = None if seed is None or seed < 0 else int(seed)
-    gen = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                             top_p=float(top_p), seed=seed_value)
-    mus = MusicSettings(music=music, condition=condition, seconds=float(seconds),
-                        guidance=float(guidance), steps=int(steps) or None, seed=seed_value)
-    gen.validate()
-    mus.validate()
+    steps 0 = the decoder's default.
+
+    The values arrive unprocessed (the chat event turns gradio's preprocessing off), so an
+    API call may send anything JSON holds — NaN, strings, null, huge numbers: each is
+    checked here against the panel's ranges and by the settings' own `validate`, and a
+    mistake is one ChatError naming the setting, shown in the chat.
+    """
+    values = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+              "seconds": seconds, "guidance": guidance, "steps": steps}
+    for key, value in values.items():
+        _, low, high = SLIDERS[key]
+        values[key] = check_number(value, setting_name(key), minimum=low, maximum=high,
+                                   integer=key in _INTEGER_SETTINGS, error=ChatError)
+    random_seed = seed is None or seed == "" or (
+        isinstance(seed, numbers.Real) and not isinstance(seed, bool) and math.isfinite(seed)
+        and seed < 0)
+    seed_value = None if random_seed else check_seed(seed, setting_name("seed"), ChatError)
+    gen = GenerationSettings(max_new_tokens=values["max_new_tokens"],
+                             temperature=values["temperature"], top_p=values["top_p"],
+                             seed=seed_value)
+    mus = MusicSettings(music=music, condition=condition, seconds=values["seconds"],
+                        guidance=values["guidance"], steps=values["steps"] or None,
+                        seed=seed_value)
+    gen.validate(setting_name)
+    mus.validate(setting_name)
     return gen, mus
 
 
@@ -266,14 +314,14 @@ class AssistantApp:
             yield shown, None, state
             try:
                 rendered = state.session.render(result, mus)
+                assert rendered is not None
+                path = state.workdir / f"m2ugen-{state.turns + 1:03d}.wav"
+                save_audio(path, rendered.waveform, rendered.sample_rate)  # e.g. disk full
             except M2UGenError as e:
                 shown[-1] = error_message(e)
                 yield shown, None, state
                 return
-            assert rendered is not None
             state.turns += 1
-            path = state.workdir / f"m2ugen-{state.turns:03d}.wav"
-            save_audio(path, rendered.waveform, rendered.sample_rate)
             shown[-1] = music_message(path)
             state.last_music = path
             yield shown, None, state
@@ -283,25 +331,28 @@ class AssistantApp:
             raise
 
 
+def _slider(field: str, **kwargs: Any) -> gr.Slider:
+    label, low, high = SLIDERS[field]
+    return gr.Slider(low, high, label=label, **kwargs)
+
+
 def _settings_panel() -> list[gr.components.Component]:
     """The settings components, in the order `AssistantApp.respond` takes them."""
     with gr.Accordion("Settings", open=False, elem_id="settings"):
         with gr.Row():
-            temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Top-p")
-            max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
+            temperature = _slider("temperature", value=0.6, step=0.05)
+            top_p = _slider("top_p", value=0.8, step=0.05)
+            max_new = _slider("max_new_tokens", value=128, step=8)
         with gr.Row():
             music = gr.Radio(list(MUSIC_MODES), value="auto", label="Music",
                              info="auto: when the reply asks for it", elem_id="music-mode")
             condition = gr.Radio(["embedding", "text"], value="embedding", label="Condition",
                                  info="embedding: what the model understood; text: the reply")
         with gr.Row():
-            seconds = gr.Slider(1, 30, value=10, step=1, label="Music seconds",
-                                elem_id="music-seconds")
-            guidance = gr.Slider(0.0, 10.0, value=3.5, step=0.5, label="Guidance")
-            steps = gr.Slider(0, 200, value=0, step=5, label="Decoder steps",
-                              info="AudioLDM2 only; 0 = default")
-            seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random")
+            seconds = _slider("seconds", value=10, step=1, elem_id="music-seconds")
+            guidance = _slider("guidance", value=3.5, step=0.5)
+            steps = _slider("steps", value=0, step=5, info="AudioLDM2 only; 0 = default")
+            seed = gr.Number(value=-1, label="Seed", info="-1 = random")
     return [temperature, top_p, max_new, music, seconds, guidance, steps, condition, seed]
 
 
@@ -318,14 +369,15 @@ def _examples(examples_dir: Path) -> list[dict[str, Any]]:
 
 
 def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
-              limits: Limits | None = None,
+              trust_remote_code: bool = False, limits: Limits | None = None,
               examples_dir: Path | None = _DEFAULT_EXAMPLES_DIR) -> gr.Blocks:
     """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen).
 
     The AssistantApp is kept on the returned Blocks as `.assistant`.
     """
     if not isinstance(model, M2UGen):
-        model = M2UGen.from_pretrained(model, device=device)
+        model = M2UGen.from_pretrained(model, device=device,
+                                       trust_remote_code=trust_remote_code)
         model.llm.merge_for_inference()  # generation only: fold LoRA in
     app = AssistantApp(model, limits)
     # delete_cache: Gradio's copies of uploads and music older than a day, checked daily
@@ -345,10 +397,13 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
         settings = _settings_panel()
         if examples_dir is not None and (examples := _examples(Path(examples_dir))):
             gr.Examples(examples=examples, inputs=[textbox], label="Examples")
+        # preprocess=False: the settings reach make_settings as sent, so a bad API value
+        # (NaN, a string, out of range) is our one-line chat message, not a gradio error;
+        # uploads are still moved into gradio's cache and checked before the handler runs
         submit = textbox.submit(
             app.respond, [textbox, state, *settings], [chatbot, textbox, state],
             api_name="chat", concurrency_limit=1, concurrency_id=app.concurrency_id,
-            show_progress="minimal")
+            show_progress="minimal", preprocess=False)
         stop.click(None, cancels=[submit])
         new_chat.click(app.reset, [state], [chatbot, state], cancels=[submit],
                        api_name="reset")
@@ -359,11 +414,51 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
     return demo
 
 
+def check_port(host: str, port: Any) -> None:
+    """ConfigError unless the app can listen on (host, port): checked before the model
+    loads, so a busy port costs a second rather than a model load."""
+    port = check_number(port, "--port", integer=True, minimum=1, maximum=65535)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host}: not a known host name or address; use 127.0.0.1 "
+                          "(this machine only) or 0.0.0.0 (every interface)") from e
+    with socket.socket(family, kind, proto) as probe:
+        # as servers bind: a port left in TIME_WAIT by an earlier run is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise _port_error(host, port, e) from e
+
+
+def _port_error(host: str, port: int, e: OSError) -> ConfigError:
+    if e.errno == errno.EADDRINUSE:
+        return ConfigError(f"port {port} is in use; pass --port N (another program, or an "
+                           "earlier m2ugen app, is listening on it)")
+    if e.errno == errno.EACCES:
+        return ConfigError(f"port {port} needs administrator rights; pass --port 1024 or above")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"--host {host}: not an address of this machine; use 127.0.0.1 or "
+                           "0.0.0.0")
+    return ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another "
+                       "--host or --port")
+
+
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            max_upload_mb: float = 200.0, examples_dir: Path | None = _DEFAULT_EXAMPLES_DIR,
            **kwargs: Any) -> Any:
-    """Serve `demo`: loopback only and no public link unless asked."""
+    """Serve `demo`: loopback only and no public link unless asked. A port that cannot be
+    listened on is a ConfigError."""
+    check_port(host, port)
     allowed = [str(Path(examples_dir).resolve())] if examples_dir is not None else []
-    return demo.launch(server_name=host, server_port=port, share=share,
-                       max_file_size=f"{max_upload_mb:g}mb", allowed_paths=allowed,
-                       ssr_mode=False, run_history=False, mcp_server=False, **kwargs)
+    try:
+        return demo.launch(server_name=host, server_port=port, share=share,
+                           max_file_size=f"{max_upload_mb:g}mb", allowed_paths=allowed,
+                           ssr_mode=False, run_history=False, mcp_server=False, **kwargs)
+    except OSError as e:
+        # taken between our check and gradio's bind: gradio says "Cannot find empty port"
+        if "port" not in str(e).lower():
+            raise
+        raise ConfigError(f"port {port} is in use; pass --port N") from e

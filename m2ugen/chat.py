@@ -11,17 +11,18 @@ the input of the music generation path.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache, TopPLogitsWarper
 
-from m2ugen.errors import ChatError
+from m2ugen.errors import ChatError, check_number, check_seed
 from m2ugen.music import MusicResult, MusicSettings, render_music
 
 STOP_TEXT = "\n###"
+MIN_TEMPERATURE = 1e-4  # below it (but above 0, greedy) sampling is greedy in all but name
 
 
 @dataclass
@@ -34,13 +35,35 @@ class GenerationSettings:
     seed: int | None = None
     use_cache: bool = True
 
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ChatError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ChatError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ChatError(f"top_p must be in (0, 1], got {self.top_p}")
+    def validate(self, name: Callable[[str], str] = str) -> None:
+        """Raise ChatError on a value no reply can be made with (NaN, ±inf, out of range,
+        not a number); normalises integral floats (a slider's 128.0) to ints. `name` turns a
+        field into the option as the user wrote it (`errors.flag_name` for the CLI, the
+        slider labels in the app)."""
+        self.max_new_tokens = check_number(self.max_new_tokens, name("max_new_tokens"),
+                                           integer=True, minimum=1, error=ChatError)
+        self.temperature = check_number(self.temperature, name("temperature"), minimum=0.0,
+                                        error=ChatError)
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / 1e-300 overflow to inf → NaN
+            raise ChatError(f"{name('temperature')} {self.temperature:g} is too small to "
+                            f"sample with; use 0 for greedy decoding or at least "
+                            f"{MIN_TEMPERATURE:g}")
+        self.top_p = check_number(self.top_p, name("top_p"), above=0.0, maximum=1.0,
+                                  error=ChatError)
+        if self.seed is not None:
+            self.seed = check_seed(self.seed, name("seed"), error=ChatError)
+
+
+def check_utf8(text: str, what: str) -> None:
+    """ChatError when `text` holds lone surrogates: bytes that were not UTF-8 (a prompt
+    from a Latin-1 terminal arrives through sys.argv as '\\udcff'; JSON may carry them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise ChatError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}); "
+                        "type it again, or set the terminal or file encoding to UTF-8") from e
 
 
 @dataclass
@@ -264,6 +287,7 @@ class ChatSession:
         settings.validate()
         if not message.strip():
             raise ChatError("the message is empty; type an instruction or a question")
+        check_utf8(message, "the message")
         for name, value in (("audio", audio), ("image", image), ("video", video)):
             if value is not None:
                 self.media[name] = value

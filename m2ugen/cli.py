@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from m2ugen.errors import M2UGenError
+from safetensors import SafetensorError
+
+from m2ugen.errors import M2UGenError, check_device, check_seed
 
 log = logging.getLogger("m2ugen")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes (an unknown option, `--seed abc`) are one line like ours,
+    not a usage block; `--help` still shows the usage. Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"m2ugen: error: {message} (see `{self.prog} --help`)\n")
+
+
+def flag_name(field: str) -> str:
+    """A settings field as the CLI spells it: max_new_tokens → --max-new-tokens."""
+    return "--" + field.replace("_", "-")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -36,7 +54,8 @@ def setup_logging(verbose: bool) -> None:
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     from m2ugen.tiny import build_tiny
 
-    out = build_tiny(args.out, decoder=args.decoder, seed=args.seed)
+    check_seed(args.seed, "--seed")
+    out = build_tiny(args.out, decoder=args.decoder, seed=args.seed, force=args.force)
     print(f"wrote the tiny {args.decoder} preset to {out}")
     return 0
 
@@ -45,6 +64,8 @@ def _check_attachment(path: str, flag: str) -> None:
     """The file exists and its type fits the flag (audio may come in a video container)."""
     from m2ugen.media import guess_modality
 
+    if Path(path).is_dir():
+        raise M2UGenError(f"{path}: is a directory (given to --{flag}); pass a file in it")
     if not Path(path).is_file():
         raise M2UGenError(f"{path}: file not found (given to --{flag})")
     kind = guess_modality(path)
@@ -53,17 +74,57 @@ def _check_attachment(path: str, flag: str) -> None:
                           f"but was given to --{flag}; attach it with --{kind}")
 
 
-def _load_media(model, args: argparse.Namespace) -> dict:
-    from m2ugen.media import load_audio, load_image, load_video
+def _read_media(args: argparse.Namespace, video_frames: int) -> dict:
+    """Decode the attachments before the (slow) model load, so a bad file fails at once:
+    audio at its own rate, video at the frame count the model config names."""
+    from m2ugen.media import load_image, load_video, read_audio
 
     media = {}
     if args.audio:
-        media["audio"] = load_audio(args.audio, sr=model.encoders["audio"].sample_rate)
+        media["audio"] = read_audio(args.audio)
     if args.image:
         media["image"] = load_image(args.image)
     if args.video:
-        media["video"] = load_video(args.video, num_frames=model.encoders["video"].num_frames)
+        media["video"] = load_video(args.video, num_frames=video_frames)
     return media
+
+
+def _fit_media(model, media: dict, args: argparse.Namespace) -> dict:
+    """Decoded attachments → what the loaded model's encoders take."""
+    from m2ugen.media import load_video, resample_audio
+
+    if "audio" in media:
+        media["audio"] = resample_audio(*media["audio"], model.encoders["audio"].sample_rate)
+    frames = model.encoders["video"].num_frames
+    if "video" in media and len(media["video"]) != frames:  # config and encoder disagree
+        media["video"] = load_video(args.video, num_frames=frames)
+    return media
+
+
+_MAX_NAME = 255  # bytes in a file name on Linux, macOS and Windows file systems
+
+
+def _check_out(out: Path, writing: bool) -> None:
+    """Refuse an --out that cannot be a WAV file before any slow work (where it can be
+    written at all: `writing`, i.e. not --music never)."""
+    if out.suffix.lower() != ".wav":
+        raise M2UGenError(f"--out {out}: music is written as WAV; use a .wav name")
+    if not writing:
+        return
+    if out.is_dir():
+        raise M2UGenError(f"--out {out}: is a directory; name a file, e.g. {out / 'music.wav'}")
+    # the file is written beside it as `.NAME.XXXXXXXX.wav.tmp` first: 18 bytes more
+    if len(os.fsencode(out.name)) > _MAX_NAME - 18:
+        raise M2UGenError(f"--out {out.name[:40]}...: the file name is too long "
+                          f"({len(os.fsencode(out.name))} bytes; at most {_MAX_NAME - 18})")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the directories in between are created on writing
+    if not parent.is_dir():
+        raise M2UGenError(f"--out {out}: {parent} is a file, not a directory; choose another "
+                          "path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise M2UGenError(f"--out {out}: {parent} is not writable; choose another path")
 
 
 def _candidate_paths(out: Path, n: int) -> list[Path]:
@@ -93,34 +154,39 @@ def _reply(session, message: str, media: dict, settings, music, out: Path) -> No
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from m2ugen.chat import ChatSession, GenerationSettings
-    from m2ugen.model import M2UGen
+    from m2ugen.chat import ChatSession, GenerationSettings, check_utf8
+    from m2ugen.model import M2UGen, resolve_model
     from m2ugen.music import MusicSettings
 
+    # every check that needs no model first: a mistake costs a second, not a model load
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    settings.validate()
+    settings.validate(flag_name)
     music = MusicSettings(music=args.music, condition=args.condition, seconds=args.seconds,
                           guidance=args.guidance, steps=args.steps, seed=args.seed,
                           num_candidates=args.num_candidates)
-    music.validate()
-    if args.out.suffix.lower() != ".wav":
-        raise M2UGenError(f"--out {args.out}: music is written as WAV; use a .wav name")
-    for flag in ("audio", "image", "video"):  # fail on a bad path before loading the model
+    music.validate(flag_name)
+    if not args.prompt and not args.interactive:
+        raise M2UGenError("no prompt given; pass PROMPT or use --interactive")
+    if args.prompt:
+        check_utf8(args.prompt, "the prompt")
+    _check_out(args.out, writing=music.music != "never")
+    check_device(args.device, "--device")
+    for flag in ("audio", "image", "video"):
         path = getattr(args, flag)
         if path:
             _check_attachment(path, flag)
-    model = M2UGen.from_pretrained(args.model, device=args.device)
+    pending = _read_media(args, resolve_model(args.model)[0].video_frames)
+    model = M2UGen.from_pretrained(args.model, device=args.device,
+                                   trust_remote_code=args.trust_remote_code)
     model.llm.merge_for_inference()  # generation only: fold LoRA in
     session = ChatSession(model)
-    media = _load_media(model, args)
+    media = _fit_media(model, pending, args)
     if args.prompt:
         _reply(session, args.prompt, media, settings, music, args.out)
         media = {}
     if args.interactive:
         _interactive(session, settings, music, media, args.out)
-    elif not args.prompt:
-        raise M2UGenError("no prompt given; pass PROMPT or use --interactive")
     return 0
 
 
@@ -132,6 +198,12 @@ def _interactive(session, settings, music, media: dict, out: Path) -> None:
     from m2ugen.media import load_audio, load_image, load_video
 
     print(_HELP)
+    # bytes that are not UTF-8 reach us as lone surrogates (a file name may legitimately
+    # hold them; a message is refused in one line by ChatSession.stream) instead of an
+    # exception that would also drop the rest of a piped input's buffer
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     loaders = {
         "/audio": lambda p: ("audio", load_audio(p, sr=session.model.encoders["audio"]
                                                  .sample_rate)),
@@ -145,6 +217,10 @@ def _interactive(session, settings, music, media: dict, out: Path) -> None:
         except EOFError:
             print()
             return
+        except UnicodeDecodeError as e:  # a stdin that could not be reconfigured
+            print(f"error: the line is not valid UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                  "type it again or set the terminal encoding to UTF-8", file=sys.stderr)
+            continue
         if not line:
             continue
         cmd, _, rest = line.partition(" ")
@@ -174,6 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from m2ugen.train_config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
+    args.written = cfg.out  # named by a write error that names no file
     out = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"stage {cfg.stage} done: model directory {out} "
@@ -186,13 +263,14 @@ def cmd_cache_features(args: argparse.Namespace) -> int:
     from m2ugen.train_config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
+    args.written = cfg.feature_cache
     cache = cache_features(cfg)
     print(f"feature cache {cfg.feature_cache}: {len(cache)} entries")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="m2ugen", description="A multimodal music assistant: chat about music, images "
         "and video; generate and edit music; train, convert and inspect models.",
         epilog="`m2ugen COMMAND --help` shows a command's options. The default model, tiny, "
@@ -204,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output model directory")
     p.add_argument("--decoder", choices=["musicgen", "audioldm2"], default="musicgen")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty directory that is not an m2ugen model "
+                        "directory (only the model's own files are written)")
     p.set_defaults(func=cmd_make_tiny)
 
     p = sub.add_parser("chat", help="talk to a model about music, images and video")
@@ -232,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-candidates", type=int, default=1, help="how many versions to render")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
     p.add_argument("--interactive", "-i", action="store_true", help="keep a conversation")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a MERT whose config needs its own Python code (auto_map) run "
+                        "that code; only for model directories you trust")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("train", help="run a training stage (alone or under torchrun)")
@@ -256,6 +340,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OSErrors that are about the environment (a path, a disk, permissions), not a bug
+_PATH_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
+    errno.ELOOP, errno.ENOTEMPTY, errno.EXDEV, errno.EIO, errno.EBUSY})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# atomic writes go through `.NAME.XXXXXXXX[.ext].tmp` files and model directories are built
+# as `.NAME.m2ugen-build-PID-…` beside a new one or `.m2ugen-build-PID-…` inside an old one
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}(?:\.[A-Za-z0-9]+)*\.tmp$")
+_BUILD_DIR = re.compile(r"^\.(?P<name>.+?)\.m2ugen-(?:build|old)-\d+-")
+
+
+def _user_path(filename: str) -> str:
+    """The user's own path behind one of our temporary names (theirs is what they know)."""
+    parts: list[str] = []
+    for part in Path(filename).parts:
+        if part.startswith((".m2ugen-build-", ".m2ugen-old-")):
+            break  # inside a directory being rebuilt: that directory is the user's path
+        if match := _BUILD_DIR.match(part):
+            parts.append(match.group("name"))
+            break  # a new directory being built
+        match = _TEMP_FILE.match(part)
+        parts.append(match.group("name") if match else part)
+    return str(Path(*parts)) if parts else filename
+
+
+def _os_error_line(code: int, reason: str, filename, args: argparse.Namespace) -> str:
+    path = filename if isinstance(filename, str) else None
+    path = _user_path(path) if path else (getattr(args, "written", None)
+                                          or getattr(args, "out", None))
+    fix = ("free some disk space or choose another path" if code in _DISK_FULL
+           else "choose another path")
+    where = f"{path}: " if path else ""
+    return f"m2ugen: error: {where}{reason}; {fix} (run with -v for the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -264,12 +384,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except M2UGenError as e:
         print(f"m2ugen: error: {e}", file=sys.stderr)
         return 2
-    except (PermissionError, NotADirectoryError, IsADirectoryError, FileNotFoundError,
-            FileExistsError) as e:  # a path the user gave that cannot be written or read
-        if args.verbose:
+    except OSError as e:  # a path the user gave that cannot be written or read
+        if args.verbose or e.errno not in _PATH_ERRNOS:
             raise
-        print(f"m2ugen: error: {e.filename or ''}: {e.strerror or e}; choose another path "
-              "(run with -v for the traceback)", file=sys.stderr)
+        print(_os_error_line(e.errno, e.strerror or str(e), e.filename, args), file=sys.stderr)
+        return 2
+    except SafetensorError as e:  # safetensors reports a failed write as "(os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if args.verbose or code is None or int(code.group(1)) not in _PATH_ERRNOS:
+            raise
+        print(_os_error_line(int(code.group(1)), os.strerror(int(code.group(1))), None, args),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("m2ugen: interrupted", file=sys.stderr)

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from m2ugen.checkpoint import TRAINED_NAME, atomic_directory, save_tensors
+from m2ugen.checkpoint import TRAINED_NAME, check_output_dir, model_directory, save_tensors
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
 from m2ugen.info import component_dir, decoder_cond_shape, encoder_features, read_config
 from m2ugen.meta_llama import LAYER_NAMES, permute_to_hf, resolve_llm_path
+from m2ugen.safe_load import load_weights_only
 
 ADAPTER_PREFIXES = {"audio": "mu_mert", "image": "iu_vit", "video": "iu_vivit"}
 # published LLaMA layer parts → HF names (the projections carry LoRA; the norms train)
@@ -148,14 +149,10 @@ class Report:
 
 def load_published(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a published checkpoint (`module.` prefixes removed), memory-mapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError) as e:
-        raise ConfigError(f"{path}: cannot be read as a torch checkpoint with "
-                          f"weights_only=True, mmap=True ({e})") from e
+    # the published training code pickles its argparse.Namespace beside the weights
+    # (LLaMA-Adapter misc.save_model: model, optimizer, epoch, scaler, args); that class
+    # only holds attributes, so it is the one global allowed beyond tensors and plain data
+    obj = load_weights_only(path, allow=(argparse.Namespace,))
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
@@ -304,11 +301,13 @@ def map_tensors(state: dict[str, torch.Tensor], det: Detected, token_rows: list[
 def convert(checkpoint: str | Path, out: str | Path, decoder: str | None = None,
             llm: str | None = None, tokenizer: str | None = None, mert: str | None = None,
             vit: str | None = None, vivit: str | None = None, decoder_path: str | None = None,
-            skip_checks: bool = False) -> Report:
-    """Convert a published checkpoint into the model directory `out` (written atomically)."""
+            skip_checks: bool = False, force: bool = False) -> Report:
+    """Convert a published checkpoint into the model directory `out`: new, empty or a model
+    directory (only our files are replaced); another non-empty directory needs `force`."""
     from m2ugen import presets
     from m2ugen.llm import load_tokenizer
 
+    check_output_dir(out, force)  # before the slow part: refuse what is not ours to write
     report = Report(source=str(checkpoint))
     state = load_published(checkpoint)
     det = detect(state)
@@ -353,7 +352,7 @@ def convert(checkpoint: str | Path, out: str | Path, decoder: str | None = None,
         projector_width=det.projector_width, projector_layers=det.projector_layers,
         projector_ffn=det.projector_ffn,
         extra={"converted_from": str(Path(checkpoint).resolve())})
-    with atomic_directory(out) as tmp:
+    with model_directory(out, force=force) as tmp:
         config.save(tmp)
         tok.save_pretrained(tmp / "tokenizer")
         save_tensors(tmp / TRAINED_NAME, tensors,
@@ -376,7 +375,8 @@ def _musicgen_preset(state: dict[str, torch.Tensor]) -> M2UGenConfig:
 def cmd_convert(args: argparse.Namespace) -> int:
     report = convert(args.checkpoint, args.out, decoder=args.decoder, llm=args.llm,
                      tokenizer=args.tokenizer, mert=args.mert, vit=args.vit, vivit=args.vivit,
-                     decoder_path=args.decoder_path, skip_checks=args.skip_checks)
+                     decoder_path=args.decoder_path, skip_checks=args.skip_checks,
+                     force=args.force)
     print(report.format())
     return 0
 
@@ -396,6 +396,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vit", help="ViT hub id or dir (default google/vit-base-patch16-224)")
     p.add_argument("--vivit", help="ViViT hub id or dir (default google/vivit-b-16x2-kinetics400)")
     p.add_argument("--decoder-path", help="MusicGen / AudioLDM2 hub id or dir")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty directory that is not an m2ugen model "
+                        "directory (only the model's own files are written; nothing else "
+                        "there is touched)")
     p.add_argument("--skip-checks", action="store_true",
                    help="do not read the components' configs to check sizes (offline use)")
     p.set_defaults(func=cmd_convert)

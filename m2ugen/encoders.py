@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,9 +38,13 @@ log = logging.getLogger(__name__)
 _MERT_REMOTE_ONLY = ("feature_extractor_cqt", "deepnorm")
 
 
-def load_mert(path: str, dtype: torch.dtype,
-              device: torch.device | None = None) -> tuple[nn.Module, str]:
-    """Load MERT (or a HuBERT stand-in); returns the model and which path ran."""
+def load_mert(path: str, dtype: torch.dtype, device: torch.device | None = None,
+              trust_remote_code: bool = False) -> tuple[nn.Module, str]:
+    """Load MERT (or a HuBERT stand-in); returns the model and which path ran.
+
+    The remote-code path imports Python files that come with the model (its config's
+    auto_map), so it runs only when the user opted in with `trust_remote_code`.
+    """
     raw, _ = PretrainedConfig.get_config_dict(path)
     if raw.get("model_type") == "hubert" or not any(raw.get(k) for k in _MERT_REMOTE_ONLY):
         config = HubertConfig.from_dict({k: v for k, v in raw.items() if k != "auto_map"})
@@ -48,6 +53,13 @@ def load_mert(path: str, dtype: torch.dtype,
         how = "native HubertModel"
     else:
         switches = ", ".join(k for k in _MERT_REMOTE_ONLY if raw.get(k))
+        if not trust_remote_code:
+            where = Path(path) / "config.json" if Path(path).is_dir() else f"{path} config.json"
+            raise ConfigError(
+                f"{where}: this MERT config enables {switches}, which only the model's own "
+                "Python code (remote code, its auto_map) computes; rerun with "
+                f"--trust-remote-code (training configs: trust_remote_code=true) if you trust "
+                f"{path}")
         try:
             model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype,
                                               device_map=_device_map(device))
@@ -149,22 +161,27 @@ def _device_map(device: torch.device | None) -> dict[str, str] | None:
 
 def load_encoders(mert: str, vit: str, vivit: str, dtype: torch.dtype,
                   chunk_seconds: float, device: torch.device | None = None,
-                  ) -> dict[str, nn.Module]:
-    """All three frozen encoders with their processors, in eval mode, on `device`."""
+                  trust_remote_code: bool = False) -> dict[str, nn.Module]:
+    """All three frozen encoders with their processors, in eval mode, on `device`.
+
+    Only MERT may need remote code (`trust_remote_code`); the image processors are always
+    loaded with it off, so an auto_map in their configs never runs anything.
+    """
     with loading("music encoder (MERT)", mert):
-        mert_model, _ = load_mert(mert, dtype, device)
+        mert_model, _ = load_mert(mert, dtype, device, trust_remote_code)
         music = MusicEncoder(mert_model, Wav2Vec2FeatureExtractor.from_pretrained(mert),
                              chunk_seconds)
     where = _device_map(device)
     with loading("image encoder (ViT)", vit):
         image = ImageEncoder(ViTModel.from_pretrained(vit, dtype=dtype, add_pooling_layer=False,
                                                       device_map=where).eval(),
-                             AutoImageProcessor.from_pretrained(vit))
+                             AutoImageProcessor.from_pretrained(vit, trust_remote_code=False))
     with loading("video encoder (ViViT)", vivit):
         video = VideoEncoder(VivitModel.from_pretrained(vivit, dtype=dtype,
                                                         add_pooling_layer=False,
                                                         device_map=where).eval(),
-                             AutoImageProcessor.from_pretrained(vivit))
+                             AutoImageProcessor.from_pretrained(
+                                 vivit, trust_remote_code=False))
     return {"audio": music, "image": image, "video": video}
 
 

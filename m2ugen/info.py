@@ -70,11 +70,36 @@ def decoder_cond_shape(kind: str, ref: str) -> tuple[int, int]:
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor dtypes, shapes, offsets)."""
+    """The JSON header of a safetensors file (tensor dtypes, shapes, offsets); a truncated
+    or overwritten file is a ConfigError naming it."""
+    def damaged(why: str) -> ConfigError:
+        return ConfigError(f"{path}: damaged safetensors file ({why}); copy or download it "
+                           "again (a tiny preset: delete its directory to have it rebuilt)")
+
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise damaged(f"{size} bytes, shorter than a header")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:  # never allocate what a damaged length field claims
+            raise damaged(f"the header claims {n} bytes but the file has {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise damaged(f"header is not JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise damaged("header is not a JSON object")
     header.pop("__metadata__", None)
+    for name, entry in header.items():
+        ok = (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+              and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+              and all(isinstance(o, int) for o in entry["data_offsets"]))
+        if not ok:
+            raise damaged(f"entry {name!r} has no valid shape and offsets")
+        if entry["data_offsets"][1] > size - 8 - n:
+            raise damaged(f"tensor {name} ends past the end of the file")
     return header
 
 

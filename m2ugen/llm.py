@@ -36,7 +36,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def load_tokenizer(path: str, audio_tokens: list[str]) -> PreTrainedTokenizerBase:
     """The LLM tokenizer with the [AUDi] tokens present (added after the base vocabulary)."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # never custom tokenizer code: an auto_map in tokenizer_config.json is refused
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     missing = [t for t in audio_tokens if t not in tokenizer.get_vocab()]
     if missing and len(missing) != len(audio_tokens):
         raise ConfigError(f"{path}: tokenizer has only some of {audio_tokens}; use a clean one")

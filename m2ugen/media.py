@@ -6,8 +6,15 @@ Every loader checks the path first and turns any decoding problem into a one-lin
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +26,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from m2ugen.checkpoint import atomic_path
 from m2ugen.errors import MediaError
+
+log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
@@ -43,6 +52,58 @@ def _reason(e: BaseException) -> str:
     """One-line, bounded text of a library exception (decord's include C++ stack traces)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= _MAX_REASON_CHARS else text[:_MAX_REASON_CHARS] + "..."
+
+
+_NATIVE_LOCK = threading.RLock()
+_native_depth = 0  # nesting of native_quiet() (under the lock): only the outer one redirects
+_MAX_CAPTURED = 64 * 1024
+
+
+@contextmanager
+def native_quiet() -> Iterator[None]:
+    """Keep what native decoders print straight to file descriptor 2 (FFmpeg inside decord,
+    mpg123 inside libsndfile, decord's own log) off the user's terminal, where it would sit
+    beside our one-line error; it is logged at debug level (`m2ugen -v` shows it).
+
+    fd 2 is process-wide, so a lock serialises the redirection between threads (the app).
+    """
+    global _native_depth
+    with _NATIVE_LOCK:
+        outer = _native_depth == 0
+        _native_depth += 1
+        try:
+            saved = _redirect_stderr() if outer else None
+            try:
+                yield
+            finally:
+                if saved is not None:
+                    _restore_stderr(*saved)
+        finally:
+            _native_depth -= 1
+
+
+def _redirect_stderr() -> tuple[int, tempfile._TemporaryFileWrapper] | None:
+    try:
+        sys.stderr.flush()  # Python's own buffered text belongs on the terminal
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all (a daemon): nothing to protect
+        return None
+    capture = tempfile.TemporaryFile()
+    os.dup2(capture.fileno(), 2)
+    return saved, capture
+
+
+def _restore_stderr(saved: int, capture: tempfile._TemporaryFileWrapper) -> None:
+    os.dup2(saved, 2)
+    os.close(saved)
+    with capture:
+        capture.seek(0)
+        text = capture.read(_MAX_CAPTURED).decode("utf-8", "replace").strip()
+    if text:
+        log.debug("native decoder output: %s", " | ".join(text.splitlines()))
 
 
 def _check_file(path: PathLike) -> Path:
@@ -120,8 +181,11 @@ def _read_pyav(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
 
 
 def _undecodable(p: Path, sf_err: Exception, av_err: Exception) -> MediaError:
+    sf_reason = _reason(sf_err)
+    if "does not exist" in sf_reason:  # libsndfile's words for data it cannot parse
+        sf_reason = "format not recognised"
     return MediaError(
-        f"{p}: cannot decode audio (soundfile: {_reason(sf_err)}; PyAV: {_reason(av_err)}); "
+        f"{p}: cannot decode audio (soundfile: {sf_reason}; PyAV: {_reason(av_err)}); "
         f"supported: {_SUPPORTED_AUDIO}"
     )
 
@@ -137,6 +201,31 @@ def _decode_audio(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
             raise _undecodable(p, sf_err, av_err) from av_err
 
 
+def read_audio(path: PathLike, max_seconds: float | None = 600.0) -> tuple[np.ndarray, int]:
+    """Decode an audio file at its own rate: (float32 mono waveform (samples,), rate).
+
+    Channels are averaged. A file longer than `max_seconds` (None: no limit) raises
+    MediaError rather than being silently cut. Lets a caller check a file before it knows
+    the rate it needs (the CLI, before loading a model); `resample_audio` finishes the job.
+    """
+    p = _check_file(path)
+    with native_quiet():
+        data, rate = _decode_audio(p, max_seconds)
+    if data.shape[0] == 0:
+        raise MediaError(f"{p}: contains no audio samples; pass a non-empty recording")
+    mono = data.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all():
+        raise MediaError(f"{p}: contains NaN or infinite samples; re-export it as PCM")
+    return mono, rate
+
+
+def resample_audio(mono: np.ndarray, rate: int, sr: int) -> np.ndarray:
+    """A mono waveform at `rate` → float32 at `sr` (soxr HQ when the rates differ)."""
+    if rate != sr:
+        mono = soxr.resample(mono, rate, sr, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
 def load_audio(path: PathLike, sr: int, max_seconds: float | None = 600.0) -> np.ndarray:
     """Load an audio file as a float32 mono waveform of shape (samples,) at rate `sr`.
 
@@ -144,21 +233,17 @@ def load_audio(path: PathLike, sr: int, max_seconds: float | None = 600.0) -> np
     A file longer than `max_seconds` (None: no limit) raises MediaError rather than
     being silently cut.
     """
-    p = _check_file(path)
-    data, rate = _decode_audio(p, max_seconds)
-    if data.shape[0] == 0:
-        raise MediaError(f"{p}: contains no audio samples; pass a non-empty recording")
-    mono = data.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(mono).all():
-        raise MediaError(f"{p}: contains NaN or infinite samples; re-export it as PCM")
-    if rate != sr:
-        mono = soxr.resample(mono, rate, sr, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return resample_audio(*read_audio(path, max_seconds), sr)
 
 
 def audio_duration(path: PathLike) -> float:
     """Duration in seconds, from the header when possible (decodes only if it must)."""
     p = _check_file(path)
+    with native_quiet():
+        return _duration(p)
+
+
+def _duration(p: Path) -> float:
     try:
         info = sf.info(str(p))
         return info.frames / info.samplerate
@@ -186,9 +271,16 @@ def save_audio(path: PathLike, waveform: np.ndarray, sr: int) -> None:
     if not np.isfinite(data).all():
         raise ValueError("waveform contains NaN or infinite samples")
     data = np.clip(data, -1.0, 1.0)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    # Encoded in memory, then written by Python: a failed write (full disk, quota, file
+    # size limit) is an OSError with its reason, where libsndfile only says "error 2".
+    wav = io.BytesIO()
+    sf.write(wav, data, sr, format="WAV", subtype="PCM_16")
     with atomic_path(p, suffix=".wav") as tmp:  # temp file beside it, fsync, rename
-        sf.write(tmp, data, sr, format="WAV", subtype="PCM_16")
+        try:
+            tmp.write_bytes(wav.getbuffer())
+        except OSError as e:  # named after the user's path, never the temporary one
+            raise MediaError(f"{p}: cannot write the audio file ({e.strerror or e}); free some "
+                             "disk space or choose another path") from e
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -315,6 +407,11 @@ def load_video(
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     p = _check_file(path)
+    with native_quiet():
+        return _decode_video(p, num_frames, max_seconds)
+
+
+def _decode_video(p: Path, num_frames: int, max_seconds: float | None) -> np.ndarray:
     decord_reason = "decord: not installed"
     try:
         import decord  # lazily: no wheels on some platforms, and slow to import

@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaTokenizer
 
-from m2ugen.checkpoint import atomic_directory
+from m2ugen.checkpoint import model_directory
 from m2ugen.errors import ConfigError
+from m2ugen.safe_load import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,12 @@ def load_shards(path: Path) -> list[dict[str, torch.Tensor]]:
     """The state dicts of every shard, memory-mapped (nothing is read until used)."""
     shards = []
     for p in shard_paths(path):
-        try:
-            shards.append(torch.load(p, map_location="cpu", weights_only=True, mmap=True))
-        except (RuntimeError, OSError, EOFError) as e:
-            raise ConfigError(f"{p}: cannot be read as a torch checkpoint ({e})") from e
+        shard = load_weights_only(p)  # a refused or damaged shard: one line naming it
+        if not isinstance(shard, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in shard.values()):
+            raise ConfigError(f"{p}: not a Meta LLaMA shard (expected a dict of tensors, as "
+                              "in the consolidated.*.pth of Meta's download)")
+        shards.append(shard)
     return shards
 
 
@@ -186,7 +189,8 @@ def convert_meta_llama(src: str | Path, out: str | Path) -> Path:
         tokenizer = LlamaTokenizer.from_pretrained(tmp)
     config = hf_config(params, shards, tokenizer)
     config.dtype = shards[0]["norm.weight"].dtype
-    with atomic_directory(out) as tmp_out:
+    # the cache dir is ours by its place; config.json (what marks it done) goes in last
+    with model_directory(out, force=True, commit="config.json") as tmp_out:
         _write_safetensors(tmp_out, hf_tensors(shards, config))
         config.save_pretrained(tmp_out)
         tokenizer.save_pretrained(tmp_out)

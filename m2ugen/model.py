@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,15 @@ from torch import nn
 from m2ugen.adapters import OutputProjector, UnderstandingAdapter
 from m2ugen.checkpoint import (
     TRAINED_NAME,
-    atomic_directory,
     fingerprint,
     load_tensors,
+    model_directory,
     save_tensors,
 )
 from m2ugen.config import M2UGenConfig, resolve_component
 from m2ugen.decoders import MusicDecoder, load_decoder
 from m2ugen.encoders import feature_shape, load_encoders
-from m2ugen.errors import ConfigError
+from m2ugen.errors import ConfigError, check_device, nonfinite_weights
 from m2ugen.llm import InjectedLLM, load_llm
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class M2UGen(nn.Module):
         if self._decoder is None:
             path = resolve_component(self.config.decoder_path, self.base_dir)
             decoder = load_decoder(self.config.decoder, path, self.device, self.dtype)
+            nonfinite_weights(path, _decoder_parameters(decoder))
             want = (self.config.projector_tokens, self.config.projector_dim)
             if decoder.cond_shape != want:
                 raise ConfigError(
@@ -323,6 +324,8 @@ class M2UGen(nn.Module):
 
     def load_trained(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Copy trained tensors in; every expected name must be present with its shape."""
+        nonfinite_weights(source, iter(tensors.items()),
+                          fix="copy the file again, or re-train or re-convert the model")
         params = self.trained_parameters()
         missing = sorted(set(params) - set(tensors))
         unexpected = sorted(set(tensors) - set(params))
@@ -339,10 +342,11 @@ class M2UGen(nn.Module):
                                       f"needs {tuple(p.shape)}; the config does not match")
                 p.copy_(t.to(p.dtype))
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write a model directory: config, trained tensors, tokenizer (atomic, whole)."""
+    def save_pretrained(self, directory: str | Path, force: bool = False) -> Path:
+        """Write a model directory: config, trained tensors, tokenizer. Only our files in an
+        existing one are replaced; a non-empty foreign one needs `force` (model_directory)."""
         directory = Path(directory)
-        with atomic_directory(directory) as tmp:
+        with model_directory(directory, force=force) as tmp:
             self.write_model_files(tmp)
         return directory
 
@@ -368,20 +372,27 @@ class M2UGen(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None, warn_untrained: bool = True) -> M2UGen:
-        """Load a model directory or a preset (`tiny` is built on first use)."""
+                        dtype: torch.dtype | None = None, warn_untrained: bool = True,
+                        trust_remote_code: bool = False) -> M2UGen:
+        """Load a model directory or a preset (`tiny` is built on first use).
+
+        `trust_remote_code` lets a MERT whose config needs its own Python code run it; it
+        is the user's opt-in (--trust-remote-code), never read from the model directory,
+        whose files are what the opt-in is about.
+        """
         config, base = resolve_model(name_or_dir)
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {device} requested but torch sees no CUDA GPU; "
-                              "use --device cpu or install a CUDA build of torch")
+        device = check_device(device)  # "tpu", "meta", a missing cuda:7: one line
         if dtype is None:
             dtype = default_dtype(device)
         def ref(key: str) -> str:
             return resolve_component(getattr(config, key), base)
         encoders = load_encoders(ref("mert"), ref("vit"), ref("vivit"), dtype,
-                                 config.mert_chunk_seconds, device)
+                                 config.mert_chunk_seconds, device, trust_remote_code)
         llm = load_llm(ref("llm"), ref("tokenizer"), config, dtype, device)
+        # NaN-filled weight files load fine and fail much later (NaN logits); name them now
+        for key, module in (("mert", encoders["audio"]), ("vit", encoders["image"]),
+                            ("vivit", encoders["video"]), ("llm", llm)):
+            nonfinite_weights(ref(key), module.named_parameters())
         trained = base / TRAINED_NAME if base is not None else None
         has_trained = trained is not None and trained.is_file()
         model = cls(config, encoders, llm, base_dir=base, empty=has_trained)
@@ -407,6 +418,18 @@ def _check_fingerprints(config: M2UGenConfig, base: Path | None) -> None:
             log.warning("%s (%s) is not the %s this model was trained on: its weights changed "
                         "since the model directory was written, so the trained tensors will "
                         "not fit them; point the config at the original", ref, key, key)
+
+
+def _decoder_parameters(decoder: MusicDecoder) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every module a decoder holds (a pipeline's components too)."""
+    parts = dict(vars(decoder))
+    pipe = parts.get("pipe")
+    if pipe is not None:
+        parts.update(getattr(pipe, "components", {}))
+    for key, part in parts.items():
+        if isinstance(part, nn.Module):
+            for name, p in part.named_parameters():
+                yield f"{key}.{name}", p
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -9,16 +9,19 @@ published behaviour (ORIGINAL_M2UGEN.md §5.2), kept for comparison.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from m2ugen.decoders import TARGET_SCALE
-from m2ugen.errors import ChatError
+from m2ugen.errors import ChatError, check_number, check_seed
 
 MUSIC_MODES = ("auto", "always", "never")
 CONDITIONS = ("embedding", "text")
+MAX_SECONDS = 300.0
+MAX_GUIDANCE = 100.0  # published 3.5; far beyond ~20 the decoders only add artefacts
 
 
 @dataclass
@@ -33,19 +36,27 @@ class MusicSettings:
     seed: int | None = None
     num_candidates: int = 1
 
-    def validate(self) -> None:
-        if self.music not in MUSIC_MODES:
-            raise ChatError(f"music={self.music!r}: use one of {', '.join(MUSIC_MODES)}")
-        if self.condition not in CONDITIONS:
-            raise ChatError(f"condition={self.condition!r}: use one of {', '.join(CONDITIONS)}")
-        if not 0 < self.seconds <= 300:
-            raise ChatError(f"seconds must be in (0, 300], got {self.seconds}")
-        if self.guidance < 0:
-            raise ChatError(f"guidance must be >= 0, got {self.guidance}")
-        if self.steps is not None and self.steps < 1:
-            raise ChatError(f"steps must be at least 1, got {self.steps}")
-        if not 1 <= self.num_candidates <= 16:
-            raise ChatError(f"num_candidates must be 1..16, got {self.num_candidates}")
+    def validate(self, name: Callable[[str], str] = str) -> None:
+        """Raise ChatError on a value no music can be made with (NaN, ±inf, out of range,
+        not a number); `name` as in `GenerationSettings.validate`."""
+        if not isinstance(self.music, str) or self.music not in MUSIC_MODES:
+            raise ChatError(f"{name('music')}={self.music!r}: use one of "
+                            f"{', '.join(MUSIC_MODES)}")
+        if not isinstance(self.condition, str) or self.condition not in CONDITIONS:
+            raise ChatError(f"{name('condition')}={self.condition!r}: use one of "
+                            f"{', '.join(CONDITIONS)}")
+        self.seconds = check_number(self.seconds, name("seconds"), above=0.0,
+                                    maximum=MAX_SECONDS, error=ChatError)
+        self.guidance = check_number(self.guidance, name("guidance"), minimum=0.0,
+                                     maximum=MAX_GUIDANCE, error=ChatError)
+        if self.steps is not None:  # diffusion schedules have 1000 training timesteps
+            self.steps = check_number(self.steps, name("steps"), integer=True, minimum=1,
+                                      maximum=1000, error=ChatError)
+        if self.seed is not None:
+            self.seed = check_seed(self.seed, name("seed"), error=ChatError)
+        self.num_candidates = check_number(self.num_candidates, name("num_candidates"),
+                                           integer=True, minimum=1, maximum=16,
+                                           error=ChatError)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
-from m2ugen.checkpoint import TRAINED_NAME, atomic_directory, save_tensors
+from m2ugen.checkpoint import TRAINED_NAME, model_directory, save_tensors
 from m2ugen.config import M2UGenConfig
 
 log = logging.getLogger(__name__)
@@ -146,15 +146,20 @@ def _randomize_trained(model, seed: int) -> None:
                 p.copy_(0.5 * noise)
 
 
-def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0) -> Path:
-    """Write the tiny preset's model directory to `out` (atomically). Deterministic per seed."""
+def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
+               force: bool = False) -> Path:
+    """Write the tiny preset's model directory to `out`. Deterministic per seed.
+
+    `out` may be new, empty or a model directory (only our files in it are replaced); any
+    other non-empty directory needs `force` (checkpoint.model_directory).
+    """
     from m2ugen.model import M2UGen
 
     out = Path(out)
     start = time.perf_counter()
     torch.manual_seed(seed)
     corpus = tiny_corpus(seed)
-    with atomic_directory(out) as root:
+    with model_directory(out, force=force) as root:
         tok_dir = _train_tokenizer(corpus, root / "tokenizer")
         vocab = len(LlamaTokenizer.from_pretrained(tok_dir))
         llm_cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=176,

@@ -84,7 +84,8 @@ def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
     """Model (stage trainable set applied), dataset and sampler."""
     autocast = _precision(cfg, device)
     frozen_dtype = autocast or torch.float32
-    model = M2UGen.from_pretrained(cfg.model, device=device, dtype=frozen_dtype)
+    model = M2UGen.from_pretrained(cfg.model, device=device, dtype=frozen_dtype,
+                                   trust_remote_code=cfg.trust_remote_code)
     if cfg.init_trained == "standard":
         model.reset_trained(cfg.seed)
     n_trainable = model.set_stage(cfg.stage)

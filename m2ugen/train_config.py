@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from m2ugen.errors import ConfigError
+from m2ugen.errors import ConfigError, check_device, check_number, check_seed
 
 
 @dataclass
@@ -51,26 +52,68 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
     tensorboard: bool = True
+    # let a MERT whose config needs its own Python code (auto_map) run it: the user's
+    # opt-in, as `m2ugen chat --trust-remote-code`; the model directory cannot grant it
+    trust_remote_code: bool = False
+
+    # how a setting is named in messages: set by load_train_config to say where it came
+    # from (the YAML file or a key=value override)
+    _name: ClassVar[Callable[[str], str]] = str
 
     def validate(self) -> None:
-        if self.stage not in (1, 2, 3):
-            raise ConfigError(f"stage must be 1, 2 or 3, got {self.stage!r}")
-        for name in ("max_steps", "batch_size", "grad_accum", "max_len", "log_every",
-                     "save_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got "
-                                  f"{getattr(self, name)!r}")
+        """Raise ConfigError naming the setting on any value training cannot use: wrong
+        type, NaN, ±inf, out of range. Numbers are normalised (1e-4 written as text)."""
+        if not isinstance(self.trust_remote_code, bool):
+            raise ConfigError(f"trust_remote_code must be true or false, got "
+                              f"{self.trust_remote_code!r}")
+        name = self._name
+        self.stage = check_number(self.stage, name("stage"), integer=True, minimum=1, maximum=3)
+        for key in ("max_steps", "batch_size", "grad_accum", "max_len", "log_every",
+                    "save_every"):
+            setattr(self, key, check_number(getattr(self, key), name(key), integer=True,
+                                            minimum=1))
+        self.warmup_steps = check_number(self.warmup_steps, name("warmup_steps"),
+                                         integer=True, minimum=0, maximum=self.max_steps)
+        # a DataLoader worker is a process: more than a machine can hold is a typo
+        self.num_workers = check_number(self.num_workers, name("num_workers"), integer=True,
+                                        minimum=0, maximum=1024)
+        if self.stop_after is not None:
+            self.stop_after = check_number(self.stop_after, name("stop_after"), integer=True,
+                                           minimum=1)
+        self.seed = check_seed(self.seed, name("seed"))
+        self.lr = check_number(self.lr, name("lr"), above=0.0)
+        self.min_lr = check_number(self.min_lr, name("min_lr"), minimum=0.0, maximum=self.lr)
+        self.weight_decay = check_number(self.weight_decay, name("weight_decay"), minimum=0.0)
+        self.clip = check_number(self.clip, name("clip"), minimum=0.0)  # 0: no clipping
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ConfigError(f"{name('betas')} must be two numbers like [0.9, 0.95], got "
+                              f"{self.betas!r}")
+        self.betas = [check_number(b, name("betas"), minimum=0.0, maximum=0.9999)
+                      for b in self.betas]
+        for key in ("group_by_length", "gradient_checkpointing", "skip_bad", "progress",
+                    "tensorboard"):
+            if not isinstance(getattr(self, key), bool):  # the string "false" is truthy
+                raise ConfigError(f"{name(key)} must be true or false, got "
+                                  f"{getattr(self, key)!r}")
+        for key in ("model", "data", "out", "device"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"{name(key)} must be a non-empty string, got "
+                                  f"{getattr(self, key)!r}")
+        if self.feature_cache is not None and (not isinstance(self.feature_cache, str)
+                                               or not self.feature_cache.strip()):
+            raise ConfigError(f"{name('feature_cache')} must be a directory path or null, got "
+                              f"{self.feature_cache!r}")
+        if self.device != "auto":
+            check_device(self.device, name("device"))
         if self.save_dtype not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"save_dtype {self.save_dtype!r}: use fp32, bf16 or fp16")
+            raise ConfigError(f"{name('save_dtype')} {self.save_dtype!r}: use fp32, bf16 or "
+                              "fp16")
         if self.init_trained not in ("keep", "standard"):
-            raise ConfigError(f"init_trained {self.init_trained!r}: use keep or standard")
+            raise ConfigError(f"{name('init_trained')} {self.init_trained!r}: use keep or "
+                              "standard")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ConfigError(f"precision {self.precision!r}: use auto, bf16, fp16 or fp32")
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ConfigError(f"warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, "
-                              f"min_lr={self.min_lr})")
+            raise ConfigError(f"{name('precision')} {self.precision!r}: use auto, bf16, fp16 "
+                              "or fp32")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,21 +132,29 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory; --config takes a YAML file such as "
+                              "configs/stage1.yaml")
         if not path.is_file():
             raise ConfigError(f"{path}: training config not found; see configs/stage1.yaml")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save "
+                              "it as UTF-8") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
+    overridden: set[str] = set()
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r}: write key=value, e.g. max_steps=200")
         data[key.strip()] = _parse_value(value)
+        overridden.add(key.strip())
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
         raise ConfigError(f"{path or 'overrides'}: unknown settings {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(known))}")
@@ -112,9 +163,13 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from e
     for key in ("lr", "min_lr", "weight_decay", "clip"):  # YAML reads 1e-4 as a string
-        try:
-            setattr(cfg, key, float(getattr(cfg, key)))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{key} must be a number, got {getattr(cfg, key)!r}") from e
+        value = getattr(cfg, key)
+        if isinstance(value, str):
+            try:
+                setattr(cfg, key, float(value))
+            except ValueError:
+                pass  # validate names it
+    cfg._name = lambda key: f"{key} (command line)" if key in overridden else (
+        f"{key} (in {path})" if path is not None else key)
     cfg.validate()
     return cfg

@@ -59,7 +59,7 @@ def test_bad_model_and_options_exit_2(tmp_path, capsys):
     code, _, err = _run(capsys, "chat", "--model", str(tmp_path / "nowhere"), "hi")
     assert code == 2 and "no such model directory or preset" in err
     code, _, err = _run(capsys, "chat", "--model", "tiny", "--top-p", "0", "hi")
-    assert code == 2 and "top_p" in err
+    assert code == 2 and "--top-p" in err  # the option as the user wrote it
     (tmp_path / "m2ugen.json").write_text("{broken")
     code, _, err = _run(capsys, "chat", "--model", str(tmp_path), "hi")
     assert code == 2 and "invalid JSON" in err and str(tmp_path) in err

@@ -258,7 +258,7 @@ def test_spec_resolves_paths_and_applies_weight(tmp_path: Path, mucaps) -> None:
     ("stage1:\n  - {format: alpaca, file: x.json, root: y}\n", "valid keys: format, file"),
     ("stage1:\n  - {format: mucaps}\n", "missing 'file'"),
     ("stage3:\n  - {format: mucaps, file: x.json}\n", "not used in stage3"),
-    ("stage1:\n  - {format: mucaps, file: x.json, weight: 0}\n", "integer >= 1"),
+    ("stage1:\n  - {format: mucaps, file: x.json, weight: 0}\n", "integer from 1 to"),
     ("stage1: {format: mucaps}\n", "must be a list"),
     ("stage1: [\n", "not valid YAML"),
 ])

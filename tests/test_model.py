@@ -32,8 +32,8 @@ def test_model_directory_holds_only_trained_tensors(tiny_dir, tiny_model):
 
 def test_save_and_reload_round_trip(tiny_model, tmp_path, media_arrays):
     out = tiny_model.save_pretrained(tmp_path / "copy")
-    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "m2ugen.json",
-                                                     "tokenizer"]
+    assert sorted(p.name for p in out.iterdir()) == [".m2ugen-files", "adapter.safetensors",
+                                                     "m2ugen.json", "tokenizer"]
     again = M2UGen.from_pretrained(out)
     ids = torch.tensor([[1, 50, 60, 70]])
     torch.testing.assert_close(again.forward_logits(ids, audio=media_arrays["audio"]),

@@ -70,11 +70,13 @@ def test_checkpoint_holds_only_trained_tensors_and_round_trips(spec, tiny_dir, t
     model = M2UGen.from_pretrained(out)
     saved = load_file(str(out / TRAINED_NAME))
     assert set(saved) == set(model.trained_parameters())
-    state = load_file(str(out / "trainer_state" / TRAINED_NAME))
+    state = load_file(str(out / "trainer_state" / "step-000000003" / TRAINED_NAME))
     assert all(torch.equal(saved[k], state[k]) for k in saved)
     for name, p in model.trained_parameters().items():
         assert torch.equal(p.detach(), saved[name].to(p.dtype)), name
-    assert json.loads((out / "trainer_state" / "state.json").read_text())["step"] == 3
+    assert json.loads((out / "trainer_state" / "step-000000003" / "state.json").read_text()
+                      )["step"] == 3
+    assert os.listdir(out / "trainer_state") == ["step-000000003"]  # older states dropped
     # base weights are not copied: the directory is small
     base = sum(f.stat().st_size for f in (tiny_dir / "llm").iterdir())
     assert (out / TRAINED_NAME).stat().st_size < 3 * base
@@ -183,7 +185,7 @@ def test_bf16_model_directory_is_half_the_size(spec, tiny_dir, tmp_path):
     assert all(torch.equal(a[k].to(torch.bfloat16), b[k]) for k in a)
     assert (bf16 / TRAINED_NAME).stat().st_size < 0.55 * (fp32 / TRAINED_NAME).stat().st_size
     # resume state stays fp32 and the bf16 directory loads for chat
-    state = load_file(str(bf16 / "trainer_state" / TRAINED_NAME))
+    state = load_file(str(bf16 / "trainer_state" / "step-000000001" / TRAINED_NAME))
     assert all(t.dtype == torch.float32 for t in state.values())
     assert M2UGen.from_pretrained(bf16).dtype == torch.float32
 

@@ -23,6 +23,7 @@ from datasets_gen.common.music_stats import MusicStats, analyse
 from datasets_gen.common.pairs import find_pairs
 from datasets_gen.common.records import Record, done_records, write_json
 from datasets_gen.common.step import Item, Outcome, Processor, Step, main, resolve_device
+from datasets_gen.common.trust import add_trust_flag
 from datasets_gen.MUEdit.edit_pairs import PAIRS
 from m2ugen.media import load_audio
 
@@ -40,6 +41,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tempo-tolerance", type=float, default=0.08, help="relative BPM difference")
     p.add_argument("--max-key-distance", type=int, default=1, help="circle-of-fifths steps")
     p.add_argument("--min-similarity", type=float, default=-1.0)
+    add_trust_flag(p)
 
 
 def _items(args: argparse.Namespace) -> list[Item]:
@@ -49,7 +51,7 @@ def _items(args: argparse.Namespace) -> list[Item]:
 
 def _processor(args: argparse.Namespace) -> Processor:
     embedder = MusicEmbedder(args.encoder, resolve_device(args.device), args.layer,
-                             args.clip_seconds)
+                             args.clip_seconds, trust_remote_code=args.trust_remote_code)
     sr = embedder.sample_rate
 
     def process(batch: list[Item]) -> list[Outcome]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets_gen.common.trust import loading_model
 from m2ugen.media import load_audio, load_image, load_video
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,12 @@ class MusicCaptioner:
     """An m2ugen model (directory or preset) asked `prompt` about each clip, greedily."""
 
     def __init__(self, model: str, device: str, prompt: str = MUSIC_PROMPT,
-                 max_new_tokens: int = 128, clip_seconds: float = 30.0) -> None:
+                 max_new_tokens: int = 128, clip_seconds: float = 30.0,
+                 trust_remote_code: bool = False) -> None:
         from m2ugen.model import M2UGen
 
-        self.model = M2UGen.from_pretrained(model, device=device)
+        self.model = M2UGen.from_pretrained(model, device=device,
+                                            trust_remote_code=trust_remote_code)
         self.model.llm.merge_for_inference()  # generation only: fold LoRA in
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
@@ -69,11 +72,13 @@ class ImageCaptioner:
     """BLIP (`BlipForConditionalGeneration` + `BlipProcessor`), beam search, batched."""
 
     def __init__(self, name: str, device: str, max_new_tokens: int = 40,
-                 num_beams: int = 3) -> None:
+                 num_beams: int = 3, trust_remote_code: bool = False) -> None:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        self.processor = BlipProcessor.from_pretrained(name)
-        self.model = BlipForConditionalGeneration.from_pretrained(name).to(device).eval()
+        with loading_model("image captioner", name):  # the processor loads Auto* parts
+            self.processor = BlipProcessor.from_pretrained(
+                name, trust_remote_code=trust_remote_code)
+            self.model = BlipForConditionalGeneration.from_pretrained(name).to(device).eval()
         self.device = device
         self.kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
 
@@ -105,12 +110,15 @@ class VideoCaptioner:
     frame. Frames come from decord, or PyAV when decord is missing (m2ugen.media)."""
 
     def __init__(self, name: str, device: str, max_new_tokens: int = 40,
-                 num_beams: int = 3) -> None:
+                 num_beams: int = 3, trust_remote_code: bool = False) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
-        self.model = VisionEncoderDecoderModel.from_pretrained(name).to(device).eval()
-        self.processor = AutoImageProcessor.from_pretrained(name)
-        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        with loading_model("video captioner", name):
+            self.model = VisionEncoderDecoderModel.from_pretrained(name).to(device).eval()
+            self.processor = AutoImageProcessor.from_pretrained(
+                name, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=trust_remote_code)
         self.num_frames = getattr(self.model.config.encoder, "num_frames", None)
         self.device = device
         self.kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets_gen.common.records import DatasetGenError
+from datasets_gen.common.trust import loading_model
 
 CHAT_LLM = "Qwen/Qwen2.5-7B-Instruct"
 
@@ -32,13 +33,17 @@ def load_template(path: Path, fields: set[str]) -> str:
 
 class ChatLLM:
     def __init__(self, name: str, device: str, max_new_tokens: int = 128,
-                 system: str | None = None) -> None:
+                 system: str | None = None, trust_remote_code: bool = False) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name)
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+        # an auto_map in the model's configs runs only with --trust-remote-code
+        with loading_model("chat LLM", name):
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                name, dtype=dtype, trust_remote_code=trust_remote_code).to(device).eval()
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.system = system

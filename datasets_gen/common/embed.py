@@ -28,14 +28,16 @@ def mert_reference(encoder: str) -> str:
 
 class MusicEmbedder:
     def __init__(self, encoder: str, device: str, layer: int | None = None,
-                 chunk_seconds: float = 30.0) -> None:
+                 chunk_seconds: float = 30.0, trust_remote_code: bool = False) -> None:
         import torch
         from transformers import Wav2Vec2FeatureExtractor
 
         from m2ugen.encoders import MusicEncoder, load_mert
+        from m2ugen.errors import loading
 
         ref = mert_reference(encoder)
-        model, _ = load_mert(ref, torch.float32)
+        with loading("music encoder (MERT)", ref):  # remote code only with the opt-in
+            model, _ = load_mert(ref, torch.float32, trust_remote_code=trust_remote_code)
         self.encoder = MusicEncoder(model.to(device),
                                     Wav2Vec2FeatureExtractor.from_pretrained(ref),
                                     chunk_seconds)

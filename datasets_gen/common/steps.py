@@ -25,6 +25,7 @@ from datasets_gen.common.collect import (
 )
 from datasets_gen.common.records import DatasetGenError, Record, done_records, write_json
 from datasets_gen.common.step import Item, Outcome, Processor, Step, resolve_device
+from datasets_gen.common.trust import add_trust_flag
 from m2ugen.media import AUDIO_EXTENSIONS, audio_duration
 
 
@@ -91,6 +92,7 @@ def _music_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--clip-seconds", type=float, default=30.0,
                    help="caption the first N seconds of each clip")
+    add_trust_flag(p)
 
 
 def caption_music_step(name: str, source: str, path_field: str = "path") -> Step:
@@ -103,7 +105,8 @@ def caption_music_step(name: str, source: str, path_field: str = "path") -> Step
         if not args.model:
             raise DatasetGenError("--model is required: an m2ugen model directory or preset")
         captioner = MusicCaptioner(args.model, resolve_device(args.device), args.prompt,
-                                   args.max_new_tokens, args.clip_seconds)
+                                   args.max_new_tokens, args.clip_seconds,
+                                   trust_remote_code=args.trust_remote_code)
         return lambda batch: captions(captioner([Path(it.data["path"]) for it in batch]))
 
     return Step(name, "Caption music with an m2ugen model.", items, processor, _music_args)
@@ -119,6 +122,7 @@ def caption_media_step(name: str, source: str, kind: str) -> Step:
                        help=f"hub id or directory of the {kind} captioner (default {default})")
         p.add_argument("--max-new-tokens", type=int, default=40)
         p.add_argument("--num-beams", type=int, default=3)
+        add_trust_flag(p)
 
     def items(args: argparse.Namespace) -> list[Item]:
         return [Item(k, {"path": r["input_path"]})
@@ -127,7 +131,7 @@ def caption_media_step(name: str, source: str, kind: str) -> Step:
     def processor(args: argparse.Namespace) -> Processor:
         cls = ImageCaptioner if kind == "image" else VideoCaptioner
         captioner = cls(args.captioner, resolve_device(args.device), args.max_new_tokens,
-                        args.num_beams)
+                        args.num_beams, trust_remote_code=args.trust_remote_code)
         return lambda batch: captions(captioner([Path(it.data["path"]) for it in batch]))
 
     return Step(name, f"Caption {kind}s with {default} or another model.", items, processor,
@@ -162,11 +166,13 @@ def instruction_step(name: str, dataset: str, modality: str, templates: Path,
         p.add_argument("--templates", type=Path, default=templates,
                        help="folder with instruction.txt and answer.txt prompt templates")
         p.add_argument("--max-new-tokens", type=int, default=128)
+        add_trust_flag(p)
 
     def processor(args: argparse.Namespace) -> Processor:
         ask = load_template(args.templates / "instruction.txt", TEMPLATE_FIELDS - {"instruction"})
         answer = load_template(args.templates / "answer.txt", TEMPLATE_FIELDS)
-        llm = ChatLLM(args.chat_model, resolve_device(args.device), args.max_new_tokens)
+        llm = ChatLLM(args.chat_model, resolve_device(args.device), args.max_new_tokens,
+                      trust_remote_code=args.trust_remote_code)
 
         def process(batch: list[Item]) -> list[Outcome]:
             fields = [{"modality": modality, "operation": "", **it.data} for it in batch]

@@ -174,7 +174,7 @@ def build_tiny_video_captioner(out: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     _train_tokenizer(_corpus(), out, vocab_size=400)
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     enc = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32,
                             num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     dec = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
@@ -205,7 +205,7 @@ def build_tiny_chat_llm(out: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     _train_tokenizer(_corpus(), out, vocab_size=400)
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,

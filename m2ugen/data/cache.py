@@ -93,7 +93,8 @@ def cache_features(cfg, flush_every: int = 64) -> FeatureCache:
     if not cfg.feature_cache:
         raise ConfigError("feature_cache is not set; pass feature_cache=DIR")
     device = _device(cfg, 0)
-    model = M2UGen.from_pretrained(cfg.model, device=device)
+    model = M2UGen.from_pretrained(cfg.model, device=device,
+                                   trust_remote_code=cfg.trust_remote_code)
     examples = collect(load_spec(cfg.data), f"stage{cfg.stage}", skip_bad=cfg.skip_bad)
     cache = FeatureCache(cfg.feature_cache)
     data = TrainDataset(examples, model, cfg.max_len, cache=None)

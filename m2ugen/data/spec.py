@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STAGE_KEYS = ("stage1", "stage2", "stage3")
 _COMMON_KEYS = ("format", "file", "weight")
 _SHOWN_BAD = 5  # bad records listed in the skip-bad warning
+MAX_WEIGHT = 1000
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,23 @@ def _entry(raw: Any, base: Path, stage: int, where: str) -> DatasetEntry:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
     weight = raw.get("weight", 1)
-    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
-        raise ConfigError(f"{where}: 'weight' must be an integer >= 1 (a repeat factor), "
-                          f"got {weight!r}")
+    # a repeat factor: each repeat is a list entry per example, so a huge one is a typo that
+    # would exhaust memory rather than a wish
+    if (not isinstance(weight, int) or isinstance(weight, bool)
+            or not 1 <= weight <= MAX_WEIGHT):
+        raise ConfigError(f"{where}: 'weight' must be an integer from 1 to {MAX_WEIGHT} (a "
+                          f"repeat factor), got {weight!r}")
     roots = {k: _resolve(base, raw[k], where, k) for k in FORMAT_KEYS[fmt] if k in raw}
-    return DatasetEntry(format=fmt, file=_resolve(base, raw["file"], where, "file"),
-                        weight=weight, **roots)
+    file = _resolve(base, raw["file"], where, "file")
+    # the wrong kind of path: say so now ("not found" later would send the user looking)
+    if file.is_dir():
+        raise ConfigError(f"{where}: 'file' {file} is a directory; name the {fmt} JSON file "
+                          "in it")
+    for key, root in roots.items():
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{where}: {key!r} {root} is a file; it must be the directory "
+                              "holding the media")
+    return DatasetEntry(format=fmt, file=file, weight=weight, **roots)
 
 
 def parse_spec(data: Any, base: Path, name: str) -> DatasetSpec:
@@ -115,6 +127,9 @@ def parse_spec(data: Any, base: Path, name: str) -> DatasetSpec:
 def load_spec(path: str | Path) -> DatasetSpec:
     """Read a YAML dataset spec; any problem is a ConfigError naming the file."""
     path = Path(os.path.abspath(Path(path).expanduser()))
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; data= takes the dataset spec file in it, "
+                          "e.g. dataset.yaml")
     if not path.is_file():
         raise ConfigError(f"{path}: dataset spec not found; check the path (write a sample "
                           "with `m2ugen synth-data data/synth`)")

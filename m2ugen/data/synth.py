@@ -23,10 +23,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from m2ugen.checkpoint import atomic_path, atomic_write_text
-from m2ugen.errors import ConfigError
+from m2ugen.errors import ConfigError, check_number, check_seed
 from m2ugen.media import save_audio
 
 SR = 24_000
+MAX_ITEMS = 10_000  # per kind, for `m2ugen synth-data`: a sample dataset, not a corpus
 INSTRUMENTS = ("piano", "organ", "strings", "bass", "drums")
 _LABEL = {"drums": "drums and bass"}  # what captions call an instrument (default: its name)
 _PHRASE = {"piano": "piano arpeggio", "organ": "organ chord progression",
@@ -382,6 +383,10 @@ def write_synthetic_dataset(out: Path, seed: int = 0, n_audio: int = 12, n_image
 
 
 def cmd_synth_data(args: argparse.Namespace) -> int:
+    check_seed(args.seed, "--seed")
+    for flag in ("n_audio", "n_images", "n_videos"):  # files are written per item: a bound
+        check_number(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True,
+                     minimum=1, maximum=MAX_ITEMS)
     spec, counts = synthesize(args.out, seed=args.seed, n_audio=args.n_audio,
                               n_images=args.n_images, n_videos=args.n_videos)
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())

@@ -29,7 +29,8 @@ class MusicGenDecoder(MusicDecoder):
     def from_pretrained(cls, path: str, device: torch.device,
                         dtype: torch.dtype) -> MusicGenDecoder:
         model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
-        return cls(model, AutoProcessor.from_pretrained(path))
+        # an auto_map in the processor configs is refused, never run (nor asked about)
+        return cls(model, AutoProcessor.from_pretrained(path, trust_remote_code=False))
 
     @property
     def device(self) -> torch.device:
