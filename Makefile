@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.m2ugen-installed
 export TOKENIZERS_PARALLELISM ?= false
+# built presets (tiny) live in the checkout's ckpts/ (elsewhere: ~/.cache/m2ugen/ckpts)
+export M2UGEN_CKPTS ?= $(CURDIR)/ckpts
 
 .PHONY: setup test demo lint examples clean
 

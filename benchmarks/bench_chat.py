@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from m2ugen.chat import GenerationSettings, build_prompt_ids, generate_tokens
+from m2ugen.chat import GenerationSettings, generate_tokens
 from m2ugen.config import M2UGenConfig
-from m2ugen.llm import load_llm
-from m2ugen.tiny import _train_tokenizer, tiny_corpus
+from m2ugen.conversation import build_prompt_ids
+from m2ugen.modules.llm import load_llm
+from m2ugen.presets.tiny import _train_tokenizer, tiny_corpus
 
 
 def build_llm(root: Path, layers: int, dim: int):

@@ -47,11 +47,11 @@ def build(workdir: Path, params: float) -> None:
 
     from m2ugen.checkpoint import TRAINED_NAME, save_tensors
     from m2ugen.model import M2UGen
-    from m2ugen.tiny import build_tiny
+    from m2ugen.presets.tiny import build_tiny
 
     shape = llama_shape(params)
     model_dir = workdir / "model"
-    build_tiny(model_dir)
+    build_tiny(model_dir, model_cls=M2UGen)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["dim"],
                       intermediate_size=shape["ffn"], num_hidden_layers=shape["layers"],

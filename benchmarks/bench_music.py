@@ -51,7 +51,7 @@ def full(name: str, seconds: float) -> None:
         T5Config,
     )
 
-    from m2ugen.decoders.musicgen import MusicGenDecoder
+    from m2ugen.modules.decoders.musicgen import MusicGenDecoder
 
     hidden, layers, heads = FULL_SIZES[name]
     config = MusicgenConfig(

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from m2ugen.data.cache import cache_features
 from m2ugen.data.synth import write_synthetic_dataset
-from m2ugen.train import train
-from m2ugen.train_config import TrainConfig
+from m2ugen.training.config import TrainConfig
+from m2ugen.training.features import cache_features
+from m2ugen.training.loop import train
 
 
 def step_time(cfg: TrainConfig) -> float:
@@ -46,9 +46,10 @@ def with_full_encoders(root: Path) -> str:
     )
 
     from m2ugen.config import M2UGenConfig
-    from m2ugen.tiny import build_tiny
+    from m2ugen.model import M2UGen
+    from m2ugen.presets.tiny import build_tiny
 
-    out = build_tiny(root / "full-encoders")
+    out = build_tiny(root / "full-encoders", model_cls=M2UGen)
     HubertModel(HubertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                              intermediate_size=4096, feat_extract_norm="layer",
                              conv_bias=True)).save_pretrained(out / "mert")

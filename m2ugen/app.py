@@ -27,8 +27,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from m2ugen.chat import ChatSession, GenerationSettings, Turn  # noqa: E402
+from m2ugen.chat import ChatSession, GenerationSettings  # noqa: E402
 from m2ugen.checkpoint import TRAINED_NAME  # noqa: E402
+from m2ugen.conversation import Turn  # noqa: E402
 from m2ugen.errors import (  # noqa: E402
     ChatError,
     ConfigError,

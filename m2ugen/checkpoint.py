@@ -26,11 +26,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from m2ugen.config import CONFIG_NAME
 from m2ugen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+CONFIG_NAME = "m2ugen.json"  # the model directory's config
 TRAINED_NAME = "adapter.safetensors"
 STATE_DIR = "trainer_state"  # a training run's resume state (m2ugen/train_state.py)
 MANIFEST = ".m2ugen-files"  # the names we wrote into a model directory, one JSON list

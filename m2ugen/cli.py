@@ -52,10 +52,12 @@ def setup_logging(verbose: bool) -> None:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from m2ugen.tiny import build_tiny
+    from m2ugen.model import M2UGen
+    from m2ugen.presets.tiny import build_tiny
 
     check_seed(args.seed, "--seed")
-    out = build_tiny(args.out, decoder=args.decoder, seed=args.seed, force=args.force)
+    out = build_tiny(args.out, decoder=args.decoder, seed=args.seed, force=args.force,
+                     model_cls=M2UGen)
     print(f"wrote the tiny {args.decoder} preset to {out}")
     return 0
 
@@ -155,8 +157,9 @@ def _reply(session, message: str, media: dict, settings, music, out: Path) -> No
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from m2ugen.chat import ChatSession, GenerationSettings, check_utf8
-    from m2ugen.model import M2UGen, resolve_model
+    from m2ugen.model import M2UGen
     from m2ugen.music import MusicSettings
+    from m2ugen.presets import resolve_model
 
     # every check that needs no model first: a mistake costs a second, not a model load
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens,
@@ -176,7 +179,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path:
             _check_attachment(path, flag)
-    pending = _read_media(args, resolve_model(args.model)[0].video_frames)
+    pending = _read_media(args, resolve_model(args.model, model_cls=M2UGen)[0].video_frames)
     model = M2UGen.from_pretrained(args.model, device=args.device,
                                    trust_remote_code=args.trust_remote_code)
     model.llm.merge_for_inference()  # generation only: fold LoRA in
@@ -246,8 +249,8 @@ def _interactive(session, settings, music, media: dict, out: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from m2ugen.train import train
-    from m2ugen.train_config import load_train_config
+    from m2ugen.training.config import load_train_config
+    from m2ugen.training.loop import train
 
     cfg = load_train_config(args.config, args.overrides)
     args.written = cfg.out  # named by a write error that names no file
@@ -259,8 +262,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_features(args: argparse.Namespace) -> int:
-    from m2ugen.data.cache import cache_features
-    from m2ugen.train_config import load_train_config
+    from m2ugen.training.config import load_train_config
+    from m2ugen.training.features import cache_features
 
     cfg = load_train_config(args.config, args.overrides)
     args.written = cfg.feature_cache

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2ugen.checkpoint import CONFIG_NAME, atomic_write_text
 from m2ugen.errors import ConfigError
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "m2ugen.json"
+# the input modalities, in injection order (Q prompt layers each: audio, image, video)
+MODALITIES = ("audio", "image", "video")
 
 # ORIGINAL_M2UGEN.md §2: Alpaca style; the response follows "### Response:" directly.
 PROMPT_TEMPLATE = (
@@ -136,8 +138,6 @@ class M2UGenConfig:
             raise ConfigError(f"{source}: {e}") from e
 
     def save(self, directory: str | Path) -> Path:
-        from m2ugen.checkpoint import atomic_write_text
-
         path = Path(directory) / CONFIG_NAME
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path

@@ -22,7 +22,7 @@ from m2ugen.checkpoint import TRAINED_NAME, check_output_dir, model_directory, s
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
 from m2ugen.info import component_dir, decoder_cond_shape, encoder_features, read_config
-from m2ugen.meta_llama import LAYER_NAMES, permute_to_hf, resolve_llm_path
+from m2ugen.modules.meta_llama import LAYER_NAMES, permute_to_hf, resolve_llm_path
 from m2ugen.safe_load import load_weights_only
 
 ADAPTER_PREFIXES = {"audio": "mu_mert", "image": "iu_vit", "video": "iu_vivit"}
@@ -305,7 +305,7 @@ def convert(checkpoint: str | Path, out: str | Path, decoder: str | None = None,
     """Convert a published checkpoint into the model directory `out`: new, empty or a model
     directory (only our files are replaced); another non-empty directory needs `force`."""
     from m2ugen import presets
-    from m2ugen.llm import load_tokenizer
+    from m2ugen.modules.llm import load_tokenizer
 
     check_output_dir(out, force)  # before the slow part: refuse what is not ours to write
     report = Report(source=str(checkpoint))

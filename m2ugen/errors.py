@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import pickle
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,8 +72,6 @@ def loading(what: str, ref: str, remote_code_fix: str = "use a checkpoint whose 
                           "(a weight file or the config was replaced or damaged): "
                           f"{_REBUILD}") from e
     except pickle.UnpicklingError as e:  # a component's pytorch_model.bin that holds code
-        from m2ugen.safe_load import pickle_files, refused_message
-
         files = pickle_files(ref)
         raise ConfigError(refused_message(files[0] if len(files) == 1 else f"{what} {ref}",
                                           e)) from e
@@ -231,3 +230,37 @@ def check_device(device: Any, name: str = "device") -> torch.device:
             raise ConfigError(f"{name} {text}: this machine has no Apple GPU; use {cpu}")
         return dev
     raise ConfigError(f"{name} {text!r}: m2ugen runs on cpu, cuda, cuda:N or mps")
+
+
+# ---- refused pickles ---------------------------------------------------------------
+# the global torch's unpickler refused, as its messages spell it (torch 2.6 … 2.13)
+_GLOBAL = re.compile(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)")
+_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", re.DOTALL)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refusal(error: pickle.UnpicklingError) -> str:
+    """Why torch refused a pickle, in a few words (its own message spans many lines)."""
+    text = str(error)
+    found = _GLOBAL.search(text)
+    if found:
+        return f"it asks to rebuild {found.group(1)}, which is not a tensor or plain data"
+    found = _DETAIL.search(text)
+    detail = " ".join(found.group(1).split())[:200] if found else "not a torch.save file"
+    return f"torch's restricted unpickler refused it: {detail}"
+
+
+def refused_message(path: str | Path, error: pickle.UnpicklingError) -> str:
+    """One line: which file, what it tried, that nothing ran, and what to do instead."""
+    return (f"{path}: refused to unpickle ({refusal(error)}); m2ugen loads .pt/.pth/.bin "
+            "files with torch.load(weights_only=True) and ran nothing from it: use a "
+            "safetensors copy, or re-save the tensors with torch.save(state_dict) if you "
+            "made the file yourself")
+
+
+def pickle_files(directory: str | Path) -> list[Path]:
+    """The pickle-format weight files of a component directory (to name in an error)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES)

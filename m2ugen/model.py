@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from m2ugen.adapters import OutputProjector, UnderstandingAdapter
 from m2ugen.checkpoint import (
     TRAINED_NAME,
     fingerprint,
@@ -25,15 +24,16 @@ from m2ugen.checkpoint import (
     model_directory,
     save_tensors,
 )
-from m2ugen.config import M2UGenConfig, resolve_component
-from m2ugen.decoders import MusicDecoder, load_decoder
-from m2ugen.encoders import feature_shape, load_encoders
+from m2ugen.config import MODALITIES, M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError, check_device, nonfinite_weights
-from m2ugen.llm import InjectedLLM, load_llm
+from m2ugen.modules.adapters import OutputProjector, UnderstandingAdapter
+from m2ugen.modules.decoders import MusicDecoder, load_decoder
+from m2ugen.modules.encoders import feature_shape, load_encoders
+from m2ugen.modules.llm import InjectedLLM, load_llm
+from m2ugen.presets import resolve_model
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("audio", "image", "video")
 
 # Trained-tensor groups, matched against clean parameter names (see `clean_name`).
 GROUP_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -380,7 +380,7 @@ class M2UGen(nn.Module):
         is the user's opt-in (--trust-remote-code), never read from the model directory,
         whose files are what the opt-in is about.
         """
-        config, base = resolve_model(name_or_dir)
+        config, base = resolve_model(name_or_dir, model_cls=cls)
         device = check_device(device)  # "tpu", "meta", a missing cuda:7: one line
         if dtype is None:
             dtype = default_dtype(device)
@@ -437,24 +437,4 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def resolve_model(name_or_dir: str | Path) -> tuple[M2UGenConfig, Path | None]:
-    """(config, model directory or None) for a directory path or a preset name."""
-    from m2ugen import presets, tiny
-
-    text = str(name_or_dir)
-    if text in ("tiny", "tiny-audioldm2"):
-        decoder = "musicgen" if text == "tiny" else "audioldm2"
-        path = tiny.ensure_tiny(presets.tiny_dir(decoder), decoder=decoder)
-        return M2UGenConfig.load(path), path
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return M2UGenConfig.load(path), path
-    if text in presets.HUB_PRESETS:
-        return presets.preset_config(text), None
-    if path.exists():
-        raise ConfigError(f"{path}: is a file; --model takes a model directory or a preset")
-    raise ConfigError(f"{text}: no such model directory or preset; presets are "
-                      f"{', '.join(presets.PRESET_NAMES)} (tiny builds itself offline)")
 

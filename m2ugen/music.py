@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from m2ugen.decoders import TARGET_SCALE
 from m2ugen.errors import ChatError, check_number, check_seed
+from m2ugen.modules.decoders import TARGET_SCALE
 
 MUSIC_MODES = ("auto", "always", "never")
 CONDITIONS = ("embedding", "text")

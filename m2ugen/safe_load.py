@@ -10,7 +10,6 @@ a one-line ConfigError naming the file and what it tried to rebuild.
 from __future__ import annotations
 
 import pickle
-import re
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -19,31 +18,7 @@ from typing import Any
 
 import torch
 
-from m2ugen.errors import ConfigError
-
-# the global torch's unpickler refused, as its messages spell it (torch 2.6 … 2.13)
-_GLOBAL = re.compile(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)")
-_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", re.DOTALL)
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def refusal(error: pickle.UnpicklingError) -> str:
-    """Why torch refused a pickle, in a few words (its own message spans many lines)."""
-    text = str(error)
-    found = _GLOBAL.search(text)
-    if found:
-        return f"it asks to rebuild {found.group(1)}, which is not a tensor or plain data"
-    found = _DETAIL.search(text)
-    detail = " ".join(found.group(1).split())[:200] if found else "not a torch.save file"
-    return f"torch's restricted unpickler refused it: {detail}"
-
-
-def refused_message(path: str | Path, error: pickle.UnpicklingError) -> str:
-    """One line: which file, what it tried, that nothing ran, and what to do instead."""
-    return (f"{path}: refused to unpickle ({refusal(error)}); m2ugen loads .pt/.pth/.bin "
-            "files with torch.load(weights_only=True) and ran nothing from it: use a "
-            "safetensors copy, or re-save the tensors with torch.save(state_dict) if you "
-            "made the file yourself")
+from m2ugen.errors import ConfigError, refused_message
 
 
 def load_weights_only(path: str | Path, allow: Sequence[type] = ()) -> Any:
@@ -69,11 +44,3 @@ def load_weights_only(path: str | Path, allow: Sequence[type] = ()) -> Any:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({reason}); the "
                           "file is damaged or not a torch.save file") from e
-
-
-def pickle_files(directory: str | Path) -> list[Path]:
-    """The pickle-format weight files of a component directory (to name in an error)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES)

@@ -24,10 +24,11 @@ def ckpts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dir(ckpts) -> Path:
+    from m2ugen.model import M2UGen
     from m2ugen.presets import tiny_dir as preset_dir
-    from m2ugen.tiny import ensure_tiny
+    from m2ugen.presets.tiny import ensure_tiny
 
-    return ensure_tiny(preset_dir("musicgen"))
+    return ensure_tiny(preset_dir("musicgen"), model_cls=M2UGen)
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +53,11 @@ def media_arrays(tiny_model):
 
 @pytest.fixture(scope="session")
 def tiny_audioldm2_dir(ckpts) -> Path:
+    from m2ugen.model import M2UGen
     from m2ugen.presets import tiny_dir as preset_dir
-    from m2ugen.tiny import ensure_tiny
+    from m2ugen.presets.tiny import ensure_tiny
 
-    return ensure_tiny(preset_dir("audioldm2"), decoder="audioldm2")
+    return ensure_tiny(preset_dir("audioldm2"), decoder="audioldm2", model_cls=M2UGen)
 
 
 @pytest.fixture(scope="session")

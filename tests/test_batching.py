@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m2ugen.chat import Turn, build_prompt_ids
+from m2ugen.conversation import Turn, build_prompt_ids
 from m2ugen.data.batching import IGNORE, ResumableBatchSampler, collate, tokenize_example
 from m2ugen.data.example import Example
 

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from m2ugen.chat import ChatSession, GenerationSettings, Turn, build_prompt_ids, format_prompt
+from m2ugen.chat import ChatSession, GenerationSettings
+from m2ugen.conversation import Turn, build_prompt_ids, format_prompt
 from m2ugen.errors import ChatError
 
 

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 
 import torch
 
-from m2ugen.chat import ChatSession, GenerationSettings, Turn, format_prompt
+from m2ugen.chat import ChatSession, GenerationSettings
+from m2ugen.conversation import Turn, format_prompt
 
 
 def _greedy(n: int, **kw) -> GenerationSettings:

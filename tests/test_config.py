@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from m2ugen.config import CONFIG_NAME, M2UGenConfig
+from m2ugen.checkpoint import CONFIG_NAME
+from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
 from m2ugen.presets import HUB_PRESETS, PRESET_NAMES, preset_config
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from m2ugen.convert import add_parser, convert
 from m2ugen.errors import ConfigError
-from m2ugen.meta_llama import permute_to_meta
+from m2ugen.modules.meta_llama import permute_to_meta
 
 EXTRA_EMBED_ROWS = [5, 17]  # base rows the fake training moved
 EXTRA_OUTPUT_ROWS = [33]

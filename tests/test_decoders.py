@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from m2ugen.decoders import TARGET_SCALE
+from m2ugen.modules.decoders import TARGET_SCALE
 
 
 def _cond(model, seed=0):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from m2ugen.encoders import MusicEncoder, feature_shape, load_mert
 from m2ugen.errors import ConfigError
+from m2ugen.modules.encoders import MusicEncoder, feature_shape, load_mert
 
 
 def test_mert_features_average_time_then_chunks(tiny_model):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from m2ugen.chat import format_prompt
+from m2ugen.conversation import format_prompt
 
 
 def _linear(module, x):

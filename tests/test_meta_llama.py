@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from m2ugen import meta_llama
 from m2ugen.errors import ConfigError
-from m2ugen.meta_llama import permute_to_meta, resolve_llm_path
+from m2ugen.modules import meta_llama
+from m2ugen.modules.meta_llama import permute_to_meta, resolve_llm_path
 
 HEADS, KV_HEADS, DIM, LAYERS, FFN = 4, 2, 64, 2, 96
 # model-parallel split of each Meta weight (dim), None = replicated
@@ -56,7 +56,7 @@ def _shard(meta: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor
 @pytest.fixture(scope="module")
 def meta_dir(tmp_path_factory) -> tuple[Path, LlamaForCausalLM, dict[str, torch.Tensor]]:
     """A two-shard Meta-format LLaMA, the HF model it came from, its merged Meta weights."""
-    from m2ugen.tiny import tiny_corpus
+    from m2ugen.presets.tiny import tiny_corpus
 
     root = tmp_path_factory.mktemp("meta") / "llama-tiny"
     root.mkdir()

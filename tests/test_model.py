@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from m2ugen.checkpoint import TRAINED_NAME
 from m2ugen.errors import ConfigError
-from m2ugen.model import STAGE_GROUPS, M2UGen, resolve_model, tensor_group
-from m2ugen.tiny import build_tiny
+from m2ugen.model import STAGE_GROUPS, M2UGen, tensor_group
+from m2ugen.presets import resolve_model
+from m2ugen.presets.tiny import build_tiny
 
 
 def test_model_directory_holds_only_trained_tensors(tiny_dir, tiny_model):
@@ -60,8 +61,8 @@ def test_stage_trainable_sets(tiny_model):
 
 
 def test_tiny_build_is_deterministic(tmp_path):
-    a = build_tiny(tmp_path / "a", seed=3)
-    b = build_tiny(tmp_path / "b", seed=3)
+    a = build_tiny(tmp_path / "a", seed=3, model_cls=M2UGen)
+    b = build_tiny(tmp_path / "b", seed=3, model_cls=M2UGen)
     ta, tb = load_file(str(a / TRAINED_NAME)), load_file(str(b / TRAINED_NAME))
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     la = load_file(str(a / "llm" / "model.safetensors"))
@@ -69,7 +70,7 @@ def test_tiny_build_is_deterministic(tmp_path):
     assert all(torch.equal(la[k], lb[k]) for k in la)
     assert (a / "tokenizer" / "tokenizer.json").read_bytes() == \
         (b / "tokenizer" / "tokenizer.json").read_bytes()
-    c = load_file(str(build_tiny(tmp_path / "c", seed=4) / TRAINED_NAME))
+    c = load_file(str(build_tiny(tmp_path / "c", seed=4, model_cls=M2UGen) / TRAINED_NAME))
     assert not torch.equal(c["llm.gates"], ta["llm.gates"])
 
 
@@ -92,25 +93,25 @@ def test_mismatched_trained_tensors_are_named(tiny_dir, tmp_path):
 
 
 def test_resolve_model_names(tiny_dir, tmp_path):
-    cfg, base = resolve_model("tiny")
+    cfg, base = resolve_model("tiny", model_cls=M2UGen)
     assert base == tiny_dir and cfg.name == "tiny-musicgen"
-    cfg, base = resolve_model("musicgen-medium")
+    cfg, base = resolve_model("musicgen-medium", model_cls=M2UGen)
     assert base is None and cfg.decoder_path == "facebook/musicgen-medium"
     with pytest.raises(ConfigError, match="no such model directory or preset"):
-        resolve_model(tmp_path / "nothing")
+        resolve_model(tmp_path / "nothing", model_cls=M2UGen)
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
-        resolve_model(tmp_path / "file.txt")
+        resolve_model(tmp_path / "file.txt", model_cls=M2UGen)
 
 
 def test_changed_base_component_is_reported(tmp_path, caplog):
-    base = build_tiny(tmp_path / "base", seed=5)
+    base = build_tiny(tmp_path / "base", seed=5, model_cls=M2UGen)
     saved = M2UGen.from_pretrained(base).save_pretrained(tmp_path / "run")
     cfg = json.loads((saved / "m2ugen.json").read_text())
     assert set(cfg["base_fingerprints"]) == {"llm", "mert", "vit", "vivit", "decoder_path"}
     caplog.clear()
     M2UGen.from_pretrained(saved)
     assert "trained on" not in caplog.text  # unchanged base: silent
-    build_tiny(tmp_path / "base", seed=6)  # same shapes, other weights
+    build_tiny(tmp_path / "base", seed=6, model_cls=M2UGen)  # same shapes, other weights
     M2UGen.from_pretrained(saved)
     assert "is not the llm this model was trained on" in caplog.text

@@ -12,13 +12,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from m2ugen.chat import ChatSession, GenerationSettings, build_prompt_ids
+from m2ugen.chat import ChatSession, GenerationSettings
+from m2ugen.conversation import build_prompt_ids
 from m2ugen.data.batching import collate, tokenize_example
 from m2ugen.data.dataset import TrainDataset
 from m2ugen.data.example import Example
-from m2ugen.decoders import TARGET_SCALE
-from m2ugen.decoders.audioldm2 import T5_TOKENS
 from m2ugen.media import load_audio
+from m2ugen.modules.decoders import TARGET_SCALE
+from m2ugen.modules.decoders.audioldm2 import T5_TOKENS
 from m2ugen.music import MusicSettings, render_music
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from m2ugen.tiny_decoders import (
+from m2ugen.presets.tiny_decoders import (
     AUDIOLDM2_GPT2_DIM,
     AUDIOLDM2_T5_DIM,
     MUSICGEN_CODEBOOKS,

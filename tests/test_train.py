@@ -17,8 +17,8 @@ from m2ugen.cli import main
 from m2ugen.data.synth import write_synthetic_dataset
 from m2ugen.errors import M2UGenError
 from m2ugen.model import M2UGen
-from m2ugen.train import lr_at, train
-from m2ugen.train_config import TrainConfig, load_train_config
+from m2ugen.training.config import TrainConfig, load_train_config
+from m2ugen.training.loop import lr_at, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

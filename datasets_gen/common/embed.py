@@ -18,10 +18,11 @@ from m2ugen.presets import PRESET_NAMES
 
 def mert_reference(encoder: str) -> str:
     """The MERT checkpoint behind `encoder` (model dir / preset / MERT id or dir)."""
-    from m2ugen.model import resolve_model
+    from m2ugen.model import M2UGen
+    from m2ugen.presets import resolve_model
 
     if encoder in PRESET_NAMES or (Path(encoder) / CONFIG_NAME).is_file():
-        config, base = resolve_model(encoder)
+        config, base = resolve_model(encoder, model_cls=M2UGen)
         return resolve_component(config.mert, base)
     return encoder
 
@@ -32,8 +33,8 @@ class MusicEmbedder:
         import torch
         from transformers import Wav2Vec2FeatureExtractor
 
-        from m2ugen.encoders import MusicEncoder, load_mert
         from m2ugen.errors import loading
+        from m2ugen.modules.encoders import MusicEncoder, load_mert
 
         ref = mert_reference(encoder)
         with loading("music encoder (MERT)", ref):  # remote code only with the opt-in

@@ -111,7 +111,7 @@ def write_audioset(folder: Path, clip_ids: list[str]) -> tuple[Path, Path]:
 
 
 def _corpus(n: int = 400) -> list[str]:
-    from m2ugen.tiny import tiny_corpus
+    from m2ugen.presets.tiny import tiny_corpus
 
     return tiny_corpus(seed=1, n=n)
 
@@ -170,7 +170,7 @@ def build_tiny_video_captioner(out: Path, seed: int = 0) -> Path:
         VisionEncoderDecoderModel,
     )
 
-    from m2ugen.tiny import _train_tokenizer
+    from m2ugen.presets.tiny import _train_tokenizer
 
     torch.manual_seed(seed)
     _train_tokenizer(_corpus(), out, vocab_size=400)
@@ -201,7 +201,7 @@ def build_tiny_chat_llm(out: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from m2ugen.tiny import _train_tokenizer
+    from m2ugen.presets.tiny import _train_tokenizer
 
     torch.manual_seed(seed)
     _train_tokenizer(_corpus(), out, vocab_size=400)
@@ -217,17 +217,18 @@ def build_tiny_chat_llm(out: Path, seed: int = 0) -> Path:
 
 
 def build_tiny_music_captioner(out: Path, seed: int = 0) -> Path:
-    """The tiny m2ugen model (`m2ugen.tiny.build_tiny`) without its music decoder: the
+    """The tiny m2ugen model (`m2ugen.presets.tiny.build_tiny`) without its music decoder: the
     captioner and the encoders never load the decoder, and skipping it saves time."""
     from unittest import mock
 
-    from m2ugen import tiny
+    from m2ugen.model import M2UGen
+    from m2ugen.presets import tiny
 
     def no_decoder(root: Path, decoder: str, corpus: list[str], seed: int) -> dict[str, int]:
         return {"projector_tokens": 4, "projector_dim": 16}
 
     with mock.patch.object(tiny, "_save_decoder", no_decoder):
-        return tiny.build_tiny(out, seed=seed)
+        return tiny.build_tiny(out, seed=seed, model_cls=M2UGen)
 
 
 def build_demo(out: Path, n: int = 6, seed: int = 0) -> dict[str, Path]:

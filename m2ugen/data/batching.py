@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from m2ugen.chat import Turn, format_prompt
+from m2ugen.conversation import Turn, format_prompt
 from m2ugen.data.example import Example
 
 IGNORE = -100

@@ -6,9 +6,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
+from m2ugen.config import MODALITIES
 from m2ugen.data.batching import tokenize_example
 from m2ugen.data.cache import FeatureCache, caption_key, media_key
 from m2ugen.data.example import Example
@@ -16,7 +16,6 @@ from m2ugen.media import load_audio, load_image, load_video
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("audio", "image", "video")
 
 
 class TrainDataset(Dataset):
@@ -89,45 +88,3 @@ class TrainDataset(Dataset):
             item["target"] = (self.cache.get(key), self.cache.get(key + "-mask"))
         return item
 
-
-def batch_features(model, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-modality (feats (B, tokens, width), present (B,)) from cached features, encoding
-    the rest live with the frozen encoders."""
-    b = batch["input_ids"].shape[0]
-    out = {}
-    for m in MODALITIES:
-        cached, raw = batch[f"{m}_feat"], batch[m]
-        if all(c is None for c in cached) and all(r is None for r in raw):
-            continue
-        live = model.encode(b, **{m: raw})[m][0] if any(r is not None for r in raw) else None
-        feats = torch.zeros(b, *model.feature_shape(m), device=model.device, dtype=model.dtype)
-        present = torch.zeros(b, dtype=torch.bool, device=model.device)
-        for i in range(b):
-            if cached[i] is not None:
-                feats[i] = cached[i].to(model.device, model.dtype)
-                present[i] = True
-            elif raw[i] is not None:
-                feats[i] = live[i]
-                present[i] = True
-        out[m] = (feats, present)
-    return out
-
-
-def batch_music(model, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Music rows, [AUD] positions and targets (cached, or from the decoder) for a batch."""
-    rows = [i for i, c in enumerate(batch["caption"]) if c is not None]
-    if not rows:
-        return {}
-    dev = model.device
-    missing = [i for i in rows if batch["target"][i] is None]
-    live = {}
-    if missing:
-        t, mask = model.decoder.target([batch["caption"][i] for i in missing])
-        live = {i: (t[k], mask[k]) for k, i in enumerate(missing)}
-    targets = [batch["target"][i] or live[i] for i in rows]
-    return {
-        "music_rows": torch.tensor(rows, device=dev),
-        "music_positions": torch.tensor([batch["audio_positions"][i] for i in rows], device=dev),
-        "music_target": torch.stack([t.to(dev) for t, _ in targets]),
-        "music_mask": torch.stack([m.to(dev) for _, m in targets]),
-    }

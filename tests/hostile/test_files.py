@@ -15,7 +15,7 @@ from test_convert import _component_flags, published_state
 from m2ugen.checkpoint import MANIFEST, TRAINED_NAME
 from m2ugen.cli import main
 from m2ugen.errors import ConfigError
-from m2ugen.tiny import is_current_tiny
+from m2ugen.presets.tiny import is_current_tiny
 
 TINY_PARTS = ["llm", "mert", "vit", "vivit"]
 

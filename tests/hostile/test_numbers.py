@@ -128,7 +128,7 @@ def test_train_override(tmp_path, capsys, key, value):
 
 @pytest.mark.parametrize("key, value", BAD_SETTINGS)
 def test_train_yaml(tmp_path, key, value):
-    from m2ugen.train_config import load_train_config
+    from m2ugen.training.config import load_train_config
 
     text = (REPO / "configs/stage1.yaml").read_text()
     path = tmp_path / "stage.yaml"
@@ -139,7 +139,7 @@ def test_train_yaml(tmp_path, key, value):
 
 
 def test_train_config_normalises_what_it_accepts():
-    from m2ugen.train_config import load_train_config
+    from m2ugen.training.config import load_train_config
 
     cfg = load_train_config(REPO / "configs/stage1.yaml", ["lr=1e-4", "seed=7", "clip=0"])
     assert (cfg.lr, cfg.seed, cfg.clip) == (1e-4, 7, 0.0)

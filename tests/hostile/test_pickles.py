@@ -143,8 +143,8 @@ def test_component_pytorch_model_bin_is_refused(tiny_dir, tmp_path, marker, caps
 
 
 def test_audioldm2_component_bin_is_refused(tiny_audioldm2_dir, tmp_path, marker):
-    from m2ugen.decoders import load_decoder
     from m2ugen.errors import ConfigError
+    from m2ugen.modules.decoders import load_decoder
 
     pipe = tmp_path / "audioldm2"
     shutil.copytree(tiny_audioldm2_dir / "audioldm2", pipe)

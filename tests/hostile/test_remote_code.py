@@ -90,7 +90,7 @@ def test_chat_with_the_flag_takes_the_remote_path(tiny_dir, tmp_path, marker, ca
 
 
 def test_auto_map_alone_loads_natively_and_runs_nothing(tiny_dir, tmp_path, marker):
-    from m2ugen.encoders import load_mert
+    from m2ugen.modules.encoders import load_mert
 
     mert = tmp_path / "mert"
     shutil.copytree(tiny_dir / "mert", mert)
@@ -173,7 +173,7 @@ def test_encoder_and_llm_auto_maps_never_run(tiny_dir, tmp_path, marker, monkeyp
 ])
 def test_musicgen_processor_auto_map_never_runs(tiny_dir, tmp_path, marker, monkeypatch,
                                                 config, auto_map, drop):
-    from m2ugen.decoders import load_decoder
+    from m2ugen.modules.decoders import load_decoder
 
     monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("prompted for remote code"))
     decoder = tmp_path / "musicgen"
@@ -187,7 +187,7 @@ def test_musicgen_processor_auto_map_never_runs(tiny_dir, tmp_path, marker, monk
 
 
 def test_audioldm2_custom_component_is_refused(tiny_audioldm2_dir, tmp_path, marker):
-    from m2ugen.decoders import load_decoder
+    from m2ugen.modules.decoders import load_decoder
 
     pipe = tmp_path / "audioldm2"
     shutil.copytree(tiny_audioldm2_dir / "audioldm2", pipe)

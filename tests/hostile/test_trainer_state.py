@@ -19,9 +19,9 @@ from m2ugen.cli import main
 from m2ugen.data.synth import write_synthetic_dataset
 from m2ugen.errors import ConfigError
 from m2ugen.model import M2UGen
-from m2ugen.train import train
-from m2ugen.train_config import TrainConfig, load_train_config
-from m2ugen.train_state import load_trainer_state, save_checkpoint
+from m2ugen.training.config import TrainConfig, load_train_config
+from m2ugen.training.loop import train
+from m2ugen.training.state import load_trainer_state, save_checkpoint
 
 STEP2 = "step-000000002"
 

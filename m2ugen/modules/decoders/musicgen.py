@@ -13,7 +13,7 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from m2ugen.decoders import TARGET_SCALE, MusicDecoder
+from m2ugen.modules.decoders import TARGET_SCALE, MusicDecoder
 
 MAX_TEXT_TOKENS = 128  # published: captions padded / truncated to 128 T5 tokens
 

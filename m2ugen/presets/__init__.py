@@ -2,7 +2,7 @@
 
 The hub presets name the base components only; their trained tensors come from a model
 directory (training output or `m2ugen convert-original`). `tiny` is special: it is built
-on first use into `<ckpts>/tiny` by `m2ugen.tiny`, random weights, all components local.
+on first use into `<ckpts>/tiny` by `m2ugen.presets.tiny`, random weights, all components local.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
+from m2ugen.presets.tiny import ensure_tiny
 
 _LLAMA2 = "meta-llama/Llama-2-7b-hf"
 
@@ -50,11 +51,14 @@ PRESET_NAMES = ("tiny", "tiny-audioldm2", *HUB_PRESETS)
 
 
 def ckpts_dir() -> Path:
-    """Where built presets live: $M2UGEN_CKPTS, else `ckpts/` of the source checkout."""
+    """Where built presets live: $M2UGEN_CKPTS (the Makefile points it at the checkout's
+    `ckpts/`), else `ckpts/` under the user cache, $M2UGEN_CACHE (~/.cache/m2ugen). Never
+    inside the installed package, which may be read-only."""
     env = os.environ.get("M2UGEN_CKPTS")
     if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "ckpts"
+        return Path(env).expanduser()
+    cache = os.environ.get("M2UGEN_CACHE") or Path.home() / ".cache" / "m2ugen"
+    return Path(cache).expanduser() / "ckpts"
 
 
 def tiny_dir(decoder: str = "musicgen") -> Path:
@@ -69,3 +73,24 @@ def preset_config(name: str) -> M2UGenConfig:
             "or give a model directory"
         )
     return HUB_PRESETS[name]()
+
+
+def resolve_model(name_or_dir: str | Path, *,
+                  model_cls: type) -> tuple[M2UGenConfig, Path | None]:
+    """(config, model directory or None) for a directory path or a preset name; the tiny
+    presets are built on first use (`model_cls`: see `tiny.ensure_tiny`)."""
+    text = str(name_or_dir)
+    if text in ("tiny", "tiny-audioldm2"):
+        decoder = "musicgen" if text == "tiny" else "audioldm2"
+        path = ensure_tiny(tiny_dir(decoder), decoder=decoder, model_cls=model_cls)
+        return M2UGenConfig.load(path), path
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return M2UGenConfig.load(path), path
+    if text in HUB_PRESETS:
+        return preset_config(text), None
+    if path.exists():
+        raise ConfigError(f"{path}: is a file; --model takes a model directory or a preset")
+    raise ConfigError(f"{text}: no such model directory or preset; presets are "
+                      f"{', '.join(PRESET_NAMES)} (tiny builds itself offline)")
+

@@ -58,12 +58,12 @@ class MusicDecoder(ABC):
 def load_decoder(kind: str, path: str, device: torch.device, dtype: torch.dtype) -> MusicDecoder:
     """Load the decoder named by the config's `decoder` kind and `decoder_path`."""
     if kind == "musicgen":
-        from m2ugen.decoders.musicgen import MusicGenDecoder
+        from m2ugen.modules.decoders.musicgen import MusicGenDecoder
 
         with loading("music decoder (MusicGen)", path):
             return MusicGenDecoder.from_pretrained(path, device, dtype)
     if kind == "audioldm2":
-        from m2ugen.decoders.audioldm2 import AudioLDM2Decoder
+        from m2ugen.modules.decoders.audioldm2 import AudioLDM2Decoder
 
         with loading("music decoder (AudioLDM2)", path):
             return AudioLDM2Decoder.from_pretrained(path, device, dtype)

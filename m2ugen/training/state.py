@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from m2ugen.checkpoint import (
+    CONFIG_NAME,
     STATE_DIR,
     TRAINED_NAME,
     atomic_path,
@@ -38,7 +39,6 @@ from m2ugen.checkpoint import (
     load_tensors,
     save_tensors,
 )
-from m2ugen.config import CONFIG_NAME
 from m2ugen.errors import ConfigError
 from m2ugen.safe_load import load_weights_only
 

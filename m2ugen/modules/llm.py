@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError, loading
-from m2ugen.meta_llama import resolve_llm_path
+from m2ugen.modules.meta_llama import resolve_llm_path
 
 log = logging.getLogger(__name__)
 

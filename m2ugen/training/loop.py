@@ -25,12 +25,13 @@ from torch.utils.data import DataLoader
 
 from m2ugen.data.batching import ResumableBatchSampler, collate
 from m2ugen.data.cache import FeatureCache
-from m2ugen.data.dataset import TrainDataset, batch_features, batch_music
+from m2ugen.data.dataset import TrainDataset
 from m2ugen.data.spec import collect, load_spec
 from m2ugen.errors import ConfigError
 from m2ugen.model import M2UGen
-from m2ugen.train_config import TrainConfig
-from m2ugen.train_state import STATE_DIR, MetricsLog, load_trainer_state, save_checkpoint
+from m2ugen.training.config import TrainConfig
+from m2ugen.training.features import batch_features, batch_music, train_device
+from m2ugen.training.state import STATE_DIR, MetricsLog, load_trainer_state, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,6 @@ def _dist_setup() -> tuple[int, int, int]:
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
     return world, rank, local
-
-
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -127,7 +122,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise ConfigError(f"{out} holds a model directory that is not a training run; "
                           "choose another out= (the model to start from goes in model=)")
     world, rank, local = _dist_setup()
-    device = _device(cfg, local)
+    device = train_device(cfg, local)
     torch.manual_seed(cfg.seed + rank)  # a seed per rank
     model, dataset, sampler, autocast = build(cfg, device, world, rank)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -13,7 +13,7 @@ import torch
 from diffusers import AudioLDM2Pipeline
 from transformers import GPT2LMHeadModel
 
-from m2ugen.decoders import TARGET_SCALE, MusicDecoder
+from m2ugen.modules.decoders import TARGET_SCALE, MusicDecoder
 
 NEGATIVE_PROMPT = "Low quality."
 T5_TOKENS = 128  # published: the projector makes 128 T5 states (whatever the tokenizer's max)

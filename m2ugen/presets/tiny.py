@@ -113,7 +113,7 @@ def _save_encoders(root: Path) -> dict[str, int]:
 
 
 def _save_decoder(root: Path, decoder: str, corpus: list[str], seed: int) -> dict[str, int]:
-    from m2ugen.tiny_decoders import build_tiny_audioldm2, build_tiny_musicgen
+    from m2ugen.presets.tiny_decoders import build_tiny_audioldm2, build_tiny_musicgen
 
     if decoder == "musicgen":
         build_tiny_musicgen(root / "musicgen", corpus, seed)
@@ -147,14 +147,12 @@ def _randomize_trained(model, seed: int) -> None:
 
 
 def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
-               force: bool = False) -> Path:
+               force: bool = False, *, model_cls: type) -> Path:
     """Write the tiny preset's model directory to `out`. Deterministic per seed.
 
     `out` may be new, empty or a model directory (only our files in it are replaced); any
     other non-empty directory needs `force` (checkpoint.model_directory).
     """
-    from m2ugen.model import M2UGen
-
     out = Path(out)
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -177,7 +175,7 @@ def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
                               projector_ffn=128, extra={"tiny_version": TINY_VERSION, "seed": seed},
                               **dims)
         config.save(root)
-        model = M2UGen.from_pretrained(root, dtype=torch.float32, warn_untrained=False)
+        model = model_cls.from_pretrained(root, dtype=torch.float32, warn_untrained=False)
         _randomize_trained(model, seed)
         save_tensors(root / TRAINED_NAME, model.trained_parameters(),
                      metadata={"format": "m2ugen", "version": str(config.format_version)})
@@ -196,12 +194,17 @@ def is_current_tiny(path: Path) -> bool:
         (path / TRAINED_NAME).is_file()
 
 
-def ensure_tiny(path: Path, decoder: str = "musicgen", seed: int = 0) -> Path:
-    """Return `path`, building the tiny preset there first if it is missing or stale."""
+def ensure_tiny(path: Path, decoder: str = "musicgen", seed: int = 0, *,
+                model_cls: type) -> Path:
+    """Return `path`, building the tiny preset there first if it is missing or stale.
+
+    `model_cls` (M2UGen) assembles the components to draw the trained tensors; it is passed
+    in because the model's loader calls this module, which must not import the model back.
+    """
     if not is_current_tiny(path):
         if path.exists():
             log.info("%s is an outdated tiny preset; rebuilding", path)
         log.warning("building the tiny preset into %s (first use, offline, ~10 s)", path)
-        build_tiny(path, decoder=decoder, seed=seed)
+        build_tiny(path, decoder=decoder, seed=seed, model_cls=model_cls)
     return path
 

@@ -1,0 +1,1 @@
+"""Reusable nn blocks: encoders, adapters, projector, the injected LLM, music decoders."""

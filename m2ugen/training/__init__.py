@@ -1,0 +1,1 @@
+"""Training: the loop, its config, checkpoint state, metrics and feature precompute."""
