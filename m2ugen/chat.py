@@ -20,6 +20,7 @@ from transformers import DynamicCache, TopPLogitsWarper
 
 from m2ugen.conversation import STOP_TEXT, Turn, build_prompt_ids
 from m2ugen.errors import ChatError, check_number, check_seed
+from m2ugen.modules.llm import Injection
 from m2ugen.music import MusicResult, MusicSettings, render_music
 
 MIN_TEMPERATURE = 1e-4  # below it (but above 0, greedy) sampling is greedy in all but name
@@ -116,25 +117,29 @@ def generate_tokens(llm, ids: list[int], prompts: torch.Tensor, settings: Genera
     step_input = seq
     cache = DynamicCache() if settings.use_cache else None
     forced: list[int] = []
-    with torch.no_grad(), llm.prompts(prompts), llm.capture_last_hidden() as captured:
-        for _ in range(settings.max_new_tokens):
+    # this generation's own injection state (prompts, per-layer term cache, capture list):
+    # nothing is stored on the shared model, so several threads can generate at once
+    injection = Injection(prompts, capture=[])
+    for _ in range(settings.max_new_tokens):
+        with torch.no_grad():  # per step: a generator must not leave grad mode off between yields
             if cache is not None:
-                out = llm(step_input, past_key_values=cache, use_cache=True)
+                out = llm(step_input, injection=injection, past_key_values=cache,
+                          use_cache=True)
             else:
-                out = llm(seq, use_cache=False)
-            hidden = captured[-1][0, -1]
-            captured.clear()
-            if forced:
-                token = forced.pop(0)
-            else:
-                logits = out.logits[:, -1].float()
-                logits[:, audio_ids[1:]] = float("-inf")  # [AUD1..] only follow [AUD0]
-                token = int(_sample(logits, settings, gen)[0])
-                if token == audio_ids[0]:
-                    forced = list(audio_ids[1:])
-            yield token, hidden
-            step_input = torch.tensor([[token]], device=device)
-            seq = torch.cat([seq, step_input], dim=1)
+                out = llm(seq, injection=injection, use_cache=False)
+        hidden = injection.capture[-1][0, -1]
+        injection.capture.clear()
+        if forced:
+            token = forced.pop(0)
+        else:
+            logits = out.logits[:, -1].float()
+            logits[:, audio_ids[1:]] = float("-inf")  # [AUD1..] only follow [AUD0]
+            token = int(_sample(logits, settings, gen)[0])
+            if token == audio_ids[0]:
+                forced = list(audio_ids[1:])
+        yield token, hidden
+        step_input = torch.tensor([[token]], device=device)
+        seq = torch.cat([seq, step_input], dim=1)
 
 
 def _partial_stop(text: str) -> int:
@@ -171,7 +176,7 @@ class ReplyStream:
 
     def close(self) -> None:
         """Stop generating (e.g. the user pressed Stop): ends the token generator, which
-        also leaves the model's injection and capture contexts."""
+        releases its KV cache and injection state."""
         self._tokens.close()
 
     def __iter__(self) -> Iterator[str]:

@@ -29,7 +29,7 @@ from m2ugen.errors import ConfigError, check_device, nonfinite_weights
 from m2ugen.modules.adapters import OutputProjector, UnderstandingAdapter
 from m2ugen.modules.decoders import MusicDecoder, load_decoder
 from m2ugen.modules.encoders import feature_shape, load_encoders
-from m2ugen.modules.llm import InjectedLLM, load_llm
+from m2ugen.modules.llm import InjectedLLM, Injection, load_llm
 from m2ugen.presets import resolve_model
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,9 @@ class M2UGen(nn.Module):
         if ids[-n:] != self.llm.audio_token_ids:
             raise ValueError("ids must end with the audio tokens")
         seq = torch.tensor([ids], device=self.device)
-        with self.llm.prompts(prompts), self.llm.capture_last_hidden() as captured:
-            self.llm(seq, use_cache=False)
-        return captured[-1][0, -n - 1:-1]
+        injection = Injection(prompts, capture=[])
+        self.llm(seq, injection=injection, use_cache=False)
+        return injection.capture[-1][0, -n - 1:-1]
 
     def train(self, mode: bool = True) -> M2UGen:
         """Frozen encoders stay in eval mode (HuBERT's LayerDrop would drop layers)."""
@@ -232,8 +232,8 @@ class M2UGen(nn.Module):
         """Token ids (B, T) and raw media → next-token logits (B, T, V)."""
         input_ids = input_ids.to(self.device)
         prompts = self.media_prompts(input_ids.shape[0], audio, image, video)
-        with self.llm.prompts(prompts):
-            return self.llm(input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return self.llm(input_ids, injection=Injection(prompts), attention_mask=attention_mask,
+                        use_cache=False).logits
 
     # ---- training -------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -254,12 +254,12 @@ class M2UGen(nn.Module):
             {"ce_sum", "ce_count", "mse_sum", "mse_count"} (0-dim tensors).
         """
         prompts = self.layer_prompts(feats, input_ids.shape[0])
-        # Sticky on purpose: gradient checkpointing re-runs the hooked layers during
-        # backward, after this method returned, and they must see the same prompts.
-        self.llm._prompts, self.llm._term_cache = prompts, {}
-        with self.llm.capture_last_hidden() as captured:
-            logits = self.llm(input_ids, attention_mask=attention_mask, use_cache=False).logits
-        hidden = captured[-1]  # (B, T, D), before the final norm
+        # the injection travels with the call: gradient checkpointing re-runs the hooked
+        # layers during backward with the same keywords, so they see the same prompts
+        injection = Injection(prompts, capture=[])
+        logits = self.llm(input_ids, injection=injection, attention_mask=attention_mask,
+                          use_cache=False).logits
+        hidden = injection.capture[0]  # (B, T, D), before the final norm
         targets = labels[:, 1:]
         ce_sum = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),

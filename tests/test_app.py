@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
@@ -170,7 +171,7 @@ def test_stop_keeps_the_shown_partial_reply_in_the_history(app):
     else:
         pytest.fail("the reply never streamed a piece")
     updates.close()  # what Gradio does when Stop cancels the event
-    assert app.model.llm._prompts is None  # the injection state was unwound, not left set
+    assert torch.is_grad_enabled()  # the stopped generator left no global state behind
     assert shown[-1]["content"].endswith("(stopped)")
     assert state.session.history[-1].assistant == shown[-1]["content"]
     assert state.last_music is None

@@ -10,6 +10,7 @@ import torch
 from m2ugen.chat import ChatSession, GenerationSettings
 from m2ugen.conversation import Turn, build_prompt_ids, format_prompt
 from m2ugen.errors import ChatError
+from m2ugen.modules.llm import Injection
 
 
 def _greedy(n: int = 24, **kw) -> GenerationSettings:
@@ -85,9 +86,9 @@ def _prefer_audio_token(model, prompt_ids, prompts, scale: float = 50.0):
     head = model.llm.model.get_output_embeddings()
     rows = head.token_adapter.trainable_tokens_delta["default"]
     saved = rows.detach().clone()
-    with torch.no_grad(), model.llm.prompts(prompts):
-        last = model.llm(torch.tensor([prompt_ids]), output_hidden_states=True,
-                         use_cache=False).hidden_states[-1][0, -1]
+    with torch.no_grad():
+        last = model.llm(torch.tensor([prompt_ids]), injection=Injection(prompts),
+                         output_hidden_states=True, use_cache=False).hidden_states[-1][0, -1]
         rows[0] = scale * last / last.norm()
     try:
         yield
@@ -114,8 +115,9 @@ def test_audio_tokens_are_forced_and_their_hidden_states_returned(tiny_model, me
         # independent check: the final norm of our pre-norm states equals HF's last hidden
         # state at the positions whose next token is [AUDi]
         seq = torch.tensor([prompt + result.token_ids])
-        with torch.no_grad(), llm.prompts(prompts):
-            out = llm(seq, output_hidden_states=True, use_cache=False)
+        with torch.no_grad():
+            out = llm(seq, injection=Injection(prompts), output_hidden_states=True,
+                      use_cache=False)
     pos = [len(prompt) + i - 1 for i, t in enumerate(result.token_ids) if t in aud]
     norm = llm.model.get_base_model().model.norm
     torch.testing.assert_close(norm(result.audio_hidden), out.hidden_states[-1][0, pos],
@@ -130,3 +132,49 @@ def test_bad_settings_are_user_errors(tiny_model):
         session.send("   ")
     with pytest.raises(ChatError, match="max_new_tokens"):
         session.send("hi", settings=GenerationSettings(max_new_tokens=5000))
+
+
+def test_two_threads_chatting_with_one_model_get_the_sequential_replies(tiny_model,
+                                                                        media_arrays):
+    """Generation state lives in the call (Injection, KV cache), not on the shared model:
+    two sessions generating at once, their steps interleaved, reply exactly as alone."""
+    import threading
+
+    jobs = [("Describe this music", {"audio": media_arrays["audio"]}, 11),
+            ("Compose music for this picture", {"image": media_arrays["image"]}, 12)]
+    settings = [GenerationSettings(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=s)
+                for _, _, s in jobs]
+
+    def reply(i: int, barrier: threading.Barrier | None = None):
+        message, media, _ = jobs[i]
+        stream = ChatSession(tiny_model).stream(message, settings=settings[i], **media)
+        for _ in stream:  # one token at a time: the two threads' forwards interleave
+            if barrier is not None:
+                try:
+                    barrier.wait(timeout=5)
+                except threading.BrokenBarrierError:
+                    pass  # the other reply ended first
+        return stream.result
+
+    alone = [reply(0), reply(1)]
+    assert alone[0].text != alone[1].text  # different inputs: the check below means something
+    barrier = threading.Barrier(2)
+    together: list = [None, None]
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            together[i] = reply(i, barrier)
+        except Exception as e:  # reported below: a thread's exception would vanish
+            errors.append(e)
+        finally:
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for a, b in zip(alone, together, strict=True):
+        assert b.token_ids == a.token_ids and b.text == a.text

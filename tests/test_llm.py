@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from m2ugen.conversation import format_prompt
+from m2ugen.modules.llm import Injection
 
 
 def _linear(module, x):
@@ -72,8 +73,8 @@ def test_injection_equals_attention_by_hand(tiny_model, media_arrays):
         handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(attn.register_forward_hook(post))
     try:
-        with torch.no_grad(), llm.prompts(prompts):
-            llm(ids, use_cache=False)
+        with torch.no_grad():
+            llm(ids, injection=Injection(prompts), use_cache=False)
     finally:
         for h in handles:
             h.remove()

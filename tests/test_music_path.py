@@ -20,6 +20,7 @@ from m2ugen.data.example import Example
 from m2ugen.media import load_audio
 from m2ugen.modules.decoders import TARGET_SCALE
 from m2ugen.modules.decoders.audioldm2 import T5_TOKENS
+from m2ugen.modules.llm import Injection
 from m2ugen.music import MusicSettings, render_music
 
 
@@ -79,18 +80,14 @@ def test_training_reads_the_aud_states_inference_reads(tiny_model, media_arrays)
     infer_ids = [*prompt_ids, *tok(response, add_special_tokens=False).input_ids, *aud]
     assert rows[1].input_ids[:len(infer_ids)] == infer_ids  # same sequence, EOS after
     image = media_arrays["image"]
-    llm = model.llm
-    try:
-        with torch.no_grad():
-            hidden = model.audio_token_hidden(infer_ids, model.media_prompts(1, image=image))
-            target = model.project(hidden[None]).float()
-            out = model(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                        model.encode(2, image=[None, image]), music_rows=torch.tensor([1]),
-                        music_positions=torch.tensor([rows[1].audio_positions]),
-                        music_target=target,
-                        music_mask=torch.ones_like(target, dtype=torch.bool))
-    finally:  # forward leaves its prompts in place on purpose (gradient checkpointing)
-        llm._prompts, llm._term_cache = None, {}
+    with torch.no_grad():
+        hidden = model.audio_token_hidden(infer_ids, model.media_prompts(1, image=image))
+        target = model.project(hidden[None]).float()
+        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                    model.encode(2, image=[None, image]), music_rows=torch.tensor([1]),
+                    music_positions=torch.tensor([rows[1].audio_positions]),
+                    music_target=target,
+                    music_mask=torch.ones_like(target, dtype=torch.bool))
     assert out["mse_count"] == target.numel()
     mse = float(out["mse_sum"] / out["mse_count"])
     assert mse < 1e-9 * float(target.pow(2).mean()), mse
@@ -171,8 +168,9 @@ def test_music_always_states_follow_the_reply_text(tiny_model):
     for result in (first, other):
         ids = [*result.prompt_ids, *tok(result.text, add_special_tokens=False).input_ids,
                *llm.audio_token_ids]
-        with torch.no_grad(), llm.prompts(result.media_prompts):
-            out = llm(torch.tensor([ids]), output_hidden_states=True, use_cache=False)
+        with torch.no_grad():
+            out = llm(torch.tensor([ids]), injection=Injection(result.media_prompts),
+                      output_hidden_states=True, use_cache=False)
         # HF's last hidden state is after the final norm; ours is before it
         predicting = out.hidden_states[-1][0, len(ids) - 9:len(ids) - 1]
         torch.testing.assert_close(norm(result.audio_hidden), predicting, atol=1e-5, rtol=1e-5)

@@ -14,8 +14,7 @@ batching and gradient checkpointing without touching transformers' code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -49,6 +48,24 @@ def load_tokenizer(path: str, audio_tokens: list[str]) -> PreTrainedTokenizerBas
     return tokenizer
 
 
+INJECTION_KEY = "m2ugen_injection"  # the forward keyword the injection hooks read
+
+
+@dataclass
+class Injection:
+    """What one call (a forward, or a whole generation) injects and captures.
+
+    Args:
+        prompts: (3Q, B, D) prompt vector per injected layer, or None for plain LLaMA.
+        capture: when a list, the last decoder layer's output (before the final norm,
+            (B, T, D)) of every forward is appended to it.
+    """
+
+    prompts: torch.Tensor | None = None
+    capture: list[torch.Tensor] | None = None
+    terms: dict[int, torch.Tensor] = field(default_factory=dict)  # no-grad cache per layer
+
+
 class InjectedLLM(nn.Module):
     """peft-wrapped LlamaForCausalLM plus prefix queries and per-head injection gates.
 
@@ -72,14 +89,16 @@ class InjectedLLM(nn.Module):
         self.prefix_query = nn.Embedding(n, hf.hidden_size)
         self.gates = nn.Parameter(torch.zeros(n, self.num_heads))  # zero: inputs start unseen
         self.audio_token_ids = tokenizer.convert_tokens_to_ids(config.audio_tokens)
-        self._prompts: torch.Tensor | None = None  # (3Q, B, D) during a forward
-        self._term_cache: dict[int, torch.Tensor] = {}  # injected terms for _prompts
-        self._capture: list[torch.Tensor] | None = None
+        # the hooks read the call's Injection from the forward's keyword arguments (the LLaMA
+        # layers hand unknown keywords down to attention): no state on the module, so one
+        # loaded model serves concurrent calls, and checkpointed layers recompute with the
+        # same prompts during backward
         layers = self.layers
         first = len(layers) - n
         for j in range(n):
-            layers[first + j].self_attn.register_forward_hook(self._make_hook(j))
-        layers[-1].register_forward_hook(self._capture_hook)
+            layers[first + j].self_attn.register_forward_hook(self._make_hook(j),
+                                                              with_kwargs=True)
+        layers[-1].register_forward_hook(self._capture_hook, with_kwargs=True)
 
     @property
     def hf_config(self) -> PretrainedConfig:
@@ -109,42 +128,25 @@ class InjectedLLM(nn.Module):
         return out - bias if bias is not None else out
 
     def _make_hook(self, j: int):
-        def hook(module, args, output):
-            if self._prompts is None:
+        def hook(module, args, kwargs, output):
+            injection = kwargs.get(INJECTION_KEY)
+            if injection is None or injection.prompts is None:
                 return output
             if torch.is_grad_enabled():  # training: recompute so gradients flow each time
-                c = self.injected_term(j, self._prompts[j])  # (B, D)
+                c = self.injected_term(j, injection.prompts[j])  # (B, D)
             else:  # generation: the term is constant while the prompts are
-                if j not in self._term_cache:
-                    self._term_cache[j] = self.injected_term(j, self._prompts[j])
-                c = self._term_cache[j]
+                if j not in injection.terms:
+                    injection.terms[j] = self.injected_term(j, injection.prompts[j])
+                c = injection.terms[j]
             attn_out = output[0]
             return (attn_out + c[:, None, :].to(attn_out.dtype), *output[1:])
         return hook
 
-    def _capture_hook(self, module, args, output):
-        if self._capture is not None:
-            self._capture.append(output[0] if isinstance(output, tuple) else output)
-
-    @contextmanager
-    def prompts(self, prompts: torch.Tensor | None) -> Iterator[None]:
-        """Inject `prompts` (3Q, B, D) into every forward inside the block."""
-        previous = self._prompts, self._term_cache
-        self._prompts, self._term_cache = prompts, {}
-        try:
-            yield
-        finally:
-            self._prompts, self._term_cache = previous
-
-    @contextmanager
-    def capture_last_hidden(self) -> Iterator[list[torch.Tensor]]:
-        """Collect the last decoder layer's output (before the final norm) of each forward."""
-        previous = self._capture
-        self._capture = []
-        try:
-            yield self._capture
-        finally:
-            self._capture = previous
+    @staticmethod
+    def _capture_hook(module, args, kwargs, output):
+        injection = kwargs.get(INJECTION_KEY)
+        if injection is not None and injection.capture is not None:
+            injection.capture.append(output[0] if isinstance(output, tuple) else output)
 
     def _mergeable(self) -> list[nn.Module]:
         # v_proj keeps its LoRA separate: the injection uses the frozen base Wv
@@ -164,7 +166,10 @@ class InjectedLLM(nn.Module):
             if module.merged:
                 module.unmerge()
 
-    def forward(self, input_ids: torch.Tensor, **kwargs):
+    def forward(self, input_ids: torch.Tensor, injection: Injection | None = None, **kwargs):
+        """The peft/HF forward; `injection` carries this call's prompts and capture list."""
+        if injection is not None:
+            kwargs[INJECTION_KEY] = injection
         return self.model(input_ids=input_ids, **kwargs)
 
 
