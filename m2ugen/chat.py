@@ -10,6 +10,7 @@ the input of the music generation path.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from transformers import DynamicCache, TopPLogitsWarper
 
 from m2ugen.conversation import STOP_TEXT, Turn, build_prompt_ids
 from m2ugen.errors import ChatError, check_number, check_seed
+from m2ugen.media import load_media
 from m2ugen.modules.llm import Injection
 from m2ugen.music import MusicResult, MusicSettings, render_music
 
@@ -250,16 +252,21 @@ class ChatSession:
         self.media.clear()
 
     def stream(self, message: str, *, audio: Any = None, image: Any = None, video: Any = None,
-               settings: GenerationSettings | None = None) -> ReplyStream:
-        """Start a reply to `message`; iterate the returned stream for text pieces."""
-        settings = settings or GenerationSettings()
+               settings: GenerationSettings | None = None, **options: Any) -> ReplyStream:
+        """Start a reply to `message`; iterate the returned stream for text pieces.
+
+        Media are paths (loaded with the model's own `media_spec`) or loaded values.
+        Sampling options come as `settings` or as keywords (`seed=0, temperature=0`).
+        """
+        settings = _settings(GenerationSettings, settings, options)
         settings.validate()
         if not message.strip():
             raise ChatError("the message is empty; type an instruction or a question")
         check_utf8(message, "the message")
+        spec = self.model.media_spec
         for name, value in (("audio", audio), ("image", image), ("video", video)):
             if value is not None:
-                self.media[name] = value
+                self.media[name] = load_media(name, value, spec)
         budget = self.max_context - settings.max_new_tokens
         if budget < 2:
             raise ChatError(f"max_new_tokens={settings.max_new_tokens} leaves no room for the "
@@ -300,15 +307,51 @@ class ChatSession:
         result.music = render_music(self.model, hidden, result.text, settings)
         return result.music
 
-    def send(self, message: str, music: MusicSettings | None = None,
-             **kwargs: Any) -> ChatResult:
-        """Generate the whole reply (and its music, per `music`) and return it."""
+    def send(self, message: str, music: MusicSettings | str | None = None, *,
+             audio: Any = None, image: Any = None, video: Any = None,
+             settings: GenerationSettings | None = None, **options: Any) -> ChatResult:
+        """Generate the whole reply and, per `music`, render its music into `result.music`.
+
+        `music` is a MusicSettings or a mode ("auto", "always", "never"); keyword options go
+        to the sampling settings or the music settings by name (`seed` to both), e.g.
+        `send("Compose music for this picture", image="pic.png", music="always", seconds=8)`.
+        """
+        gen_opts = {k: v for k, v in options.items() if k in _FIELDS[GenerationSettings]}
+        music_opts = {k: v for k, v in options.items() if k in _FIELDS[MusicSettings]}
+        unknown = set(options) - set(gen_opts) - set(music_opts)
+        if unknown:
+            raise ChatError(f"unknown option(s) {', '.join(sorted(unknown))}; sampling options "
+                            f"are {', '.join(sorted(_FIELDS[GenerationSettings]))}, music "
+                            f"options {', '.join(sorted(_FIELDS[MusicSettings]))}")
+        music_opts.pop("music", None)
+        if isinstance(music, str):
+            music = MusicSettings(music=music, **music_opts)
+        elif music is None:  # music options alone ask for music; a seed alone is for sampling
+            music = MusicSettings(**music_opts) if set(music_opts) - {"seed"} else None
+        elif music_opts:
+            music = dataclasses.replace(music, **music_opts)
         if music is not None:
             music.validate()  # before spending time on the reply
-        stream = self.stream(message, **kwargs)
+        stream = self.stream(message, audio=audio, image=image, video=video,
+                             settings=settings, **gen_opts)
         for _ in stream:
             pass
         assert stream.result is not None
         if music is not None:
             self.render(stream.result, music)
         return stream.result
+
+
+_FIELDS = {cls: {f.name for f in dataclasses.fields(cls)}
+           for cls in (GenerationSettings, MusicSettings)}
+
+
+def _settings(cls: type, settings: Any, options: dict[str, Any]) -> Any:
+    """`settings` (or the defaults) with keyword `options` applied; unknown names are a
+    ChatError that lists the valid ones."""
+    unknown = set(options) - _FIELDS[cls]
+    if unknown:
+        raise ChatError(f"unknown option(s) {', '.join(sorted(unknown))}; use "
+                        f"{', '.join(sorted(_FIELDS[cls]))}")
+    base = settings if settings is not None else cls()
+    return dataclasses.replace(base, **options) if options else base

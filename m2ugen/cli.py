@@ -198,7 +198,8 @@ _HELP = ("commands: /audio PATH, /image PATH, /video PATH attach media; /reset c
 
 
 def _interactive(session, settings, music, media: dict, out: Path) -> None:
-    from m2ugen.media import load_audio, load_image, load_video
+    from m2ugen.config import MODALITIES
+    from m2ugen.media import load_media
 
     print(_HELP)
     # bytes that are not UTF-8 reach us as lone surrogates (a file name may legitimately
@@ -207,13 +208,8 @@ def _interactive(session, settings, music, media: dict, out: Path) -> None:
     reconfigure = getattr(sys.stdin, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")
-    loaders = {
-        "/audio": lambda p: ("audio", load_audio(p, sr=session.model.encoders["audio"]
-                                                 .sample_rate)),
-        "/image": lambda p: ("image", load_image(p)),
-        "/video": lambda p: ("video", load_video(p, num_frames=session.model.encoders["video"]
-                                                 .num_frames)),
-    }
+    spec = session.model.media_spec
+    loaders = {f"/{m}": m for m in MODALITIES}
     while True:
         try:
             line = input("you> ").strip()
@@ -235,7 +231,8 @@ def _interactive(session, settings, music, media: dict, out: Path) -> None:
                 media = {}
                 print("(conversation cleared)")
             elif cmd in loaders:
-                name, value = loaders[cmd](rest.strip())
+                name = loaders[cmd]
+                value = load_media(name, rest.strip(), spec)
                 media[name] = value
                 print(f"(attached {name}: {rest.strip()})")
             elif cmd.startswith("/"):

@@ -15,8 +15,10 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import av
 import numpy as np
@@ -430,3 +432,27 @@ def _decode_video(p: Path, num_frames: int, max_seconds: float | None) -> np.nda
             f"{p}: cannot decode video ({decord_reason}; PyAV: {_reason(e)}); "
             f"supported: {_SUPPORTED_VIDEO}"
         ) from e
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    """What a model's encoders take: audio at `sample_rate` Hz, videos as `num_frames`
+    frames (`M2UGen.media_spec`). Images need nothing: the processor resizes them."""
+
+    sample_rate: int
+    num_frames: int
+
+
+def load_media(modality: str, source: Any, spec: MediaSpec) -> Any:
+    """One entry for every face: a path (str or Path) is loaded the way `spec` asks for
+    (audio resampled to the encoder's rate, `num_frames` video frames, RGB images); an
+    already loaded value (waveform array, PIL image, frame array) is returned as is."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    if modality == "audio":
+        return load_audio(source, sr=spec.sample_rate)
+    if modality == "image":
+        return load_image(source)
+    if modality == "video":
+        return load_video(source, num_frames=spec.num_frames)
+    raise MediaError(f"{modality!r} is not a modality; use audio, image or video")

@@ -26,6 +26,7 @@ from m2ugen.checkpoint import (
 )
 from m2ugen.config import MODALITIES, M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError, check_device, nonfinite_weights
+from m2ugen.media import MediaSpec
 from m2ugen.modules.adapters import OutputProjector, UnderstandingAdapter
 from m2ugen.modules.decoders import MusicDecoder, load_decoder
 from m2ugen.modules.encoders import feature_shape, load_encoders
@@ -168,6 +169,12 @@ class M2UGen(nn.Module):
         c = self.config
         return {"audio": (c.mert_layers, c.mert_dim), "image": (c.vit_tokens, c.vit_dim),
                 "video": (c.vivit_tokens, c.vivit_dim)}[modality]
+
+    @property
+    def media_spec(self) -> MediaSpec:
+        """How media must be loaded for this model's encoders (`media.load_media`)."""
+        return MediaSpec(sample_rate=self.encoders["audio"].sample_rate,
+                         num_frames=self.encoders["video"].num_frames)
 
     @property
     def tokenizer(self):

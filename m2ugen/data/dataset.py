@@ -12,7 +12,7 @@ from m2ugen.config import MODALITIES
 from m2ugen.data.batching import tokenize_example
 from m2ugen.data.cache import FeatureCache, caption_key, media_key
 from m2ugen.data.example import Example
-from m2ugen.media import load_audio, load_image, load_video
+from m2ugen.media import load_media
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,7 @@ class TrainDataset(Dataset):
                  cache: FeatureCache | None = None) -> None:
         self.examples = list(examples)
         cfg = model.config
-        self.sample_rate = model.encoders["audio"].sample_rate
-        self.num_frames = model.encoders["video"].num_frames
+        self.spec = model.media_spec  # audio rate and video frames of the model's encoders
         self.encoder_ids = {"audio": cfg.mert, "image": cfg.vit, "video": cfg.vivit}
         self.decoder_id = f"{cfg.decoder}:{cfg.decoder_path}"
         self.cache = cache
@@ -58,12 +57,7 @@ class TrainDataset(Dataset):
                                                                   self.decoder_id)
 
     def load_media(self, ex: Example, modality: str) -> Any:
-        path = getattr(ex, modality)
-        if modality == "audio":
-            return load_audio(path, sr=self.sample_rate)
-        if modality == "image":
-            return load_image(path)
-        return load_video(path, num_frames=self.num_frames)
+        return load_media(modality, getattr(ex, modality), self.spec)
 
     def __len__(self) -> int:
         return len(self.examples)
