@@ -20,7 +20,7 @@ from m2ugen.model import M2UGen
 from m2ugen.training.config import TrainConfig, load_train_config
 from m2ugen.training.loop import lr_at, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from m2ugen.data.synth import COLOURS, SR, add_parser, write_synthetic_dataset
 from m2ugen.errors import ConfigError
 from m2ugen.media import load_audio, load_video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
