@@ -7,7 +7,6 @@ temporary names), exit 2, no traceback.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import socket
 import subprocess
@@ -76,15 +75,6 @@ def busy_port():
         s.bind(("127.0.0.1", 0))
         s.listen()
         yield s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gradio_app():
-    spec = importlib.util.spec_from_file_location("gradio_app_under_test",
-                                                  REPO / "gradio_app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_busy_port_in_the_launcher(gradio_app, busy_port, capsys):

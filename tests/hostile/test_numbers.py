@@ -6,7 +6,6 @@ traceback (NaN in particular: `nan > 0` is False, so range checks alone let it t
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -80,15 +79,6 @@ def test_other_commands_numbers(tmp_path, capsys, argv, flag):
 
 
 # ---- gradio_app.py ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def gradio_app():
-    spec = importlib.util.spec_from_file_location("gradio_app_under_test",
-                                                  REPO / "gradio_app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("argv, flag", [
     (["--port", "0"], "--port"), (["--port", "70000"], "--port"), (["--port", "-1"], "--port"),
     (["--max-upload-mb", "nan"], "--max-upload-mb"), (["--max-upload-mb", "0"], "--max-upload-mb"),
