@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -189,3 +190,18 @@ def test_training_audio_is_decoded_at_the_music_encoder_rate(tiny_model, tmp_pat
     assert item["audio_feat"] is None
     assert len(item["audio"]) == rate // 2  # half a second at the encoder's rate
     np.testing.assert_array_equal(item["audio"], load_audio(path, sr=rate))
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_requested_steps_reach_audioldm2(tiny_audioldm2_model, steps):
+    """`steps` (--steps) is the number of denoising steps the UNet runs (a mutation audit
+    found that dropping it went unnoticed: AudioLDM2 would silently run 100)."""
+    model = tiny_audioldm2_model
+    hidden = torch.randn(8, model.config.llm_dim)
+    calls = []
+    handle = model.decoder.pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        render_music(model, hidden, "", MusicSettings(seconds=0.5, steps=steps, seed=0))
+    finally:
+        handle.remove()
+    assert len(calls) == steps
