@@ -28,7 +28,7 @@ from m2ugen.data.cache import FeatureCache
 from m2ugen.data.dataset import TrainDataset
 from m2ugen.data.spec import collect, load_spec
 from m2ugen.errors import ConfigError
-from m2ugen.model import M2UGen
+from m2ugen.model import M2UGen, default_dtype
 from m2ugen.training.config import TrainConfig
 from m2ugen.training.features import batch_features, batch_music, train_device
 from m2ugen.training.state import STATE_DIR, MetricsLog, load_trainer_state, save_checkpoint
@@ -64,8 +64,8 @@ def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
         return None
     if device.type != "cuda" and cfg.precision == "fp16":
         raise ConfigError("precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    if cfg.precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if cfg.precision == "auto":  # the GPU's half type, chosen in one place for every face
+        return default_dtype(device)
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
 
 
