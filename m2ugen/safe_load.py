@@ -10,6 +10,7 @@ a one-line ConfigError naming the file and what it tried to rebuild.
 from __future__ import annotations
 
 import pickle
+import struct
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -40,7 +41,10 @@ def load_weights_only(path: str | Path, allow: Sequence[type] = ()) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise ConfigError(refused_message(path, e)) from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+    # what the unpickler raises on bytes that are no pickle at all (a truncated or random
+    # file): each one byte away from another, so all are one 'damaged' answer
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError,
+            struct.error) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"{path}: cannot be read as a torch checkpoint ({reason}); the "
                           "file is damaged or not a torch.save file") from e

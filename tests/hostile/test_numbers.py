@@ -50,9 +50,10 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ("--steps", "0"), ("--steps", "1001"),
     ("--num-candidates", "0"), ("--num-candidates", "17"),
 ])
-def test_chat_option_out_of_range(tiny_dir, capsys, flag, value):
+def test_chat_option_out_of_range(tiny_dir, tmp_path, capsys, flag, value):
     line = one_line_error(capsys, ["chat", "--model", str(tiny_dir), "--music", "always",
-                                   "--max-new-tokens", "2", f"{flag}={value}", "hi"])
+                                   "--max-new-tokens", "2", "--out", str(tmp_path / "m.wav"),
+                                   f"{flag}={value}", "hi"])
     assert flag in line  # named as typed, not as the Python field (top_p)
 
 
