@@ -40,7 +40,7 @@ clean:
 
 # Mutation testing of the core modules with mutmut (tools/mutate.py; config in pyproject.toml
 # [tool.mutmut]; work files in mutants/). Not part of `make test`: slow, run it on a quiet
-# machine. MODULES="m2ugen/music.py m2ugen/decoders/" for a subset; TESTS="tests/a.py ..."
+# machine. MODULES="m2ugen/music.py m2ugen/modules/decoders/" for a subset; TESTS="tests/a.py ..."
 # replaces the test selection for a quick trial; JOBS=N tests N mutants at once;
 # MUTANTS="NAME ..." re-runs named mutants (e.g. survivors, after adding a test).
 # Results are cached in mutants/ (rm -rf mutants/ starts afresh). Measured: ~3400 mutants

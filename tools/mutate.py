@@ -8,7 +8,7 @@ mutmut's configuration lives in pyproject.toml ([tool.mutmut]); it writes a muta
 of the package and its results under mutants/ (gitignored) and never edits m2ugen/.
 
 `--modules` picks a subset of the core modules (files, or a folder such as
-m2ugen/decoders/); by default all of them. `--tests` replaces the configured test
+m2ugen/modules/decoders/); by default all of them. `--tests` replaces the configured test
 selection for this run: a quick trial on a few test files instead of the whole suite.
 mutmut first runs the selected tests once to learn which tests reach which function,
 then runs, for each mutant, only the tests that reach its function (stopping at the
