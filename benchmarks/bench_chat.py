@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from m2ugen.chat import GenerationSettings, generate_tokens
+from m2ugen.generate import GenerationSettings, generate_tokens
 from m2ugen.config import M2UGenConfig
 from m2ugen.conversation import build_prompt_ids
 from m2ugen.modules.llm import load_llm

@@ -19,7 +19,7 @@ _LAZY = {
     "M2UGen": "m2ugen.model",
     "ChatSession": "m2ugen.chat",
     "ChatResult": "m2ugen.chat",
-    "GenerationSettings": "m2ugen.chat",
+    "GenerationSettings": "m2ugen.generate",
     "MusicSettings": "m2ugen.music",
     "MusicResult": "m2ugen.music",
     "M2UGenConfig": "m2ugen.config",

@@ -1,60 +1,29 @@
-"""Token generation (KV cache, sampling, streaming) and chat turns.
+"""Chat sessions: a conversation with one model, its attached media, and its music.
 
-The prompt is the published Alpaca template (ORIGINAL_M2UGEN.md §2); earlier turns are
-kept in the same format and the oldest are dropped first when the context is full.
-Generation stops at EOS, at a new "\\n###", or after the last [AUD] token. Once the model
-emits [AUD0] the remaining [AUD1..] tokens are forced, and the hidden states (last layer,
-before the final norm) at the positions that predict each [AUDi] are returned: they are
-the input of the music generation path.
+The prompt is the published Alpaca template (`conversation.py`, ORIGINAL_M2UGEN.md §2);
+earlier turns are kept in the same format and the oldest are dropped first when the
+context is full. The token loop is `generate.py`; rendering music is `music.py`. A
+session takes media as paths (loaded with the model's own `media_spec`) or as loaded
+values, and keyword settings as well as settings objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, TopPLogitsWarper
 
-from m2ugen.conversation import STOP_TEXT, Turn, build_prompt_ids
-from m2ugen.errors import ChatError, check_number, check_seed
+from m2ugen.conversation import Turn, build_prompt_ids
+from m2ugen.errors import ChatError
+from m2ugen.generate import GenerationSettings, decode_reply, generate_tokens
 from m2ugen.media import load_media
-from m2ugen.modules.llm import Injection
 from m2ugen.music import MusicResult, MusicSettings, render_music
 
-MIN_TEMPERATURE = 1e-4  # below it (but above 0, greedy) sampling is greedy in all but name
-
-
-@dataclass
-class GenerationSettings:
-    """Sampling settings; temperature 0 means greedy decoding."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.6  # published demo settings
-    top_p: float = 0.8
-    seed: int | None = None
-    use_cache: bool = True
-
-    def validate(self, name: Callable[[str], str] = str) -> None:
-        """Raise ChatError on a value no reply can be made with (NaN, ±inf, out of range,
-        not a number); normalises integral floats (a slider's 128.0) to ints. `name` turns a
-        field into the option as the user wrote it (`errors.flag_name` for the CLI, the
-        slider labels in the app)."""
-        self.max_new_tokens = check_number(self.max_new_tokens, name("max_new_tokens"),
-                                           integer=True, minimum=1, error=ChatError)
-        self.temperature = check_number(self.temperature, name("temperature"), minimum=0.0,
-                                        error=ChatError)
-        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / 1e-300 overflow to inf → NaN
-            raise ChatError(f"{name('temperature')} {self.temperature:g} is too small to "
-                            f"sample with; use 0 for greedy decoding or at least "
-                            f"{MIN_TEMPERATURE:g}")
-        self.top_p = check_number(self.top_p, name("top_p"), above=0.0, maximum=1.0,
-                                  error=ChatError)
-        if self.seed is not None:
-            self.seed = check_seed(self.seed, name("seed"), error=ChatError)
+__all__ = ["ChatResult", "ChatSession", "GenerationSettings", "ReplyStream", "check_utf8"]
 
 
 def check_utf8(text: str, what: str) -> None:
@@ -85,79 +54,11 @@ class ChatResult:
     seed: int
     dropped_turns: int = 0
     music: MusicResult | None = None
-    prompt_ids: list[int] = field(default_factory=list, repr=False)
-    media_prompts: torch.Tensor | None = field(default=None, repr=False)
+    turn: int = 0  # this reply's number in its session (1 = the first reply)
 
     @property
     def has_audio_tokens(self) -> bool:
         return self.audio_hidden is not None
-
-
-def _sample(logits: torch.Tensor, settings: GenerationSettings,
-            gen: torch.Generator) -> torch.Tensor:
-    """(1, V) logits → (1,) next token."""
-    if settings.temperature == 0:
-        return logits.argmax(-1)
-    scores = logits / settings.temperature
-    if settings.top_p < 1:
-        scores = TopPLogitsWarper(settings.top_p)(None, scores)
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen)[:, 0]
-
-
-def generate_tokens(llm, ids: list[int], prompts: torch.Tensor, settings: GenerationSettings,
-                    seed: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (token id, pre-norm hidden state (D,) that predicted it), one per step.
-
-    With `use_cache` the KV cache makes each step one token; without it the whole
-    sequence is re-run every step (the published behaviour; kept for comparison).
-    """
-    device = prompts.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    audio_ids = llm.audio_token_ids
-    seq = torch.tensor([ids], device=device)
-    step_input = seq
-    cache = DynamicCache() if settings.use_cache else None
-    forced: list[int] = []
-    # this generation's own injection state (prompts, per-layer term cache, capture list):
-    # nothing is stored on the shared model, so several threads can generate at once
-    injection = Injection(prompts, capture=[])
-    for _ in range(settings.max_new_tokens):
-        with torch.no_grad():  # per step: a generator must not leave grad mode off between yields
-            if cache is not None:
-                out = llm(step_input, injection=injection, past_key_values=cache,
-                          use_cache=True)
-            else:
-                out = llm(seq, injection=injection, use_cache=False)
-        hidden = injection.capture[-1][0, -1]
-        injection.capture.clear()
-        if forced:
-            token = forced.pop(0)
-        else:
-            logits = out.logits[:, -1].float()
-            logits[:, audio_ids[1:]] = float("-inf")  # [AUD1..] only follow [AUD0]
-            token = int(_sample(logits, settings, gen)[0])
-            if token == audio_ids[0]:
-                forced = list(audio_ids[1:])
-        yield token, hidden
-        step_input = torch.tensor([[token]], device=device)
-        seq = torch.cat([seq, step_input], dim=1)
-
-
-def _partial_stop(text: str) -> int:
-    """Length of the longest tail of `text` that could begin the stop text."""
-    for k in range(len(STOP_TEXT) - 1, 0, -1):
-        if text.endswith(STOP_TEXT[:k]):
-            return k
-    return 0
-
-
-def _flush(tok, ids: list[int], prefix_offset: int, read_offset: int) -> str:
-    """Text of tokens still held back when generation ended (even if incomplete UTF-8)."""
-    if read_offset >= len(ids):
-        return ""
-    before = tok.decode(ids[prefix_offset:read_offset], skip_special_tokens=True)
-    return tok.decode(ids[prefix_offset:], skip_special_tokens=True)[len(before):]
 
 
 class ReplyStream:
@@ -183,53 +84,15 @@ class ReplyStream:
 
     def __iter__(self) -> Iterator[str]:
         tok = self._session.model.tokenizer
-        llm = self._session.model.llm
-        audio_ids = llm.audio_token_ids
-        text_ids: list[int] = []
-        all_ids: list[int] = []
-        hidden_at: dict[int, torch.Tensor] = {}
-        # Incremental detokenisation over a sliding window (prefix_offset..): text is taken
-        # only once it no longer ends in an incomplete UTF-8 byte sequence, so what has been
-        # shown never changes afterwards.
-        text, shown, prefix_offset, read_offset = "", 0, 0, 0
-        stopped = False
-        for token, hidden in self._tokens:
-            if token == tok.eos_token_id:
-                break
-            all_ids.append(token)
-            if token in audio_ids:
-                hidden_at[audio_ids.index(token)] = hidden
-                if token == audio_ids[-1]:
-                    break
-                continue
-            text_ids.append(token)
-            before = tok.decode(text_ids[prefix_offset:read_offset], skip_special_tokens=True)
-            after = tok.decode(text_ids[prefix_offset:], skip_special_tokens=True)
-            if len(after) > len(before) and not after.endswith("\ufffd"):
-                text += after[len(before):]
-                prefix_offset, read_offset = read_offset, len(text_ids)
-            if STOP_TEXT in text:
-                text, stopped = text[:text.index(STOP_TEXT)], True
-                break
-            stable = len(text) - _partial_stop(text)
-            if stable > shown:
-                yield text[shown:stable]
-                shown = stable
-        if not stopped:
-            text = (text + _flush(tok, text_ids, prefix_offset, read_offset)).split(STOP_TEXT)[0]
-        text = text.rstrip()
-        if len(text) > shown:
-            yield text[shown:]
-        final = text.strip()
-        audio_hidden = None
-        if len(hidden_at) == len(audio_ids):
-            audio_hidden = torch.stack([hidden_at[i] for i in range(len(audio_ids))])
-        raw = final + (" " + "".join(tok.convert_ids_to_tokens(audio_ids))
-                       if audio_hidden is not None else "")
-        self.result = ChatResult(text=final, raw_text=raw.strip(), token_ids=all_ids,
-                                 audio_hidden=audio_hidden, inputs_used=self._inputs_used,
-                                 seed=self._seed, dropped_turns=self._dropped,
-                                 prompt_ids=self._ids, media_prompts=self._prompts)
+        audio_ids = self._session.model.llm.audio_token_ids
+        reply = yield from decode_reply(tok, self._tokens, audio_ids)
+        raw = reply.text + (" " + "".join(tok.convert_ids_to_tokens(audio_ids))
+                            if reply.audio_hidden is not None else "")
+        turn = self._session._replied(self._ids, self._prompts)
+        self.result = ChatResult(text=reply.text, raw_text=raw.strip(),
+                                 token_ids=reply.token_ids, audio_hidden=reply.audio_hidden,
+                                 inputs_used=self._inputs_used, seed=self._seed,
+                                 dropped_turns=self._dropped, turn=turn)
         self._session.history.append(Turn(self._instruction, raw.strip()))
 
 
@@ -246,10 +109,21 @@ class ChatSession:
         self.max_context = min(max_context or model.config.max_context, limit)
         self.history: list[Turn] = []
         self.media: dict[str, Any] = {}
+        # the newest reply with what produced it (prompt ids, injected prompts): music
+        # forced onto a reply without [AUD] tokens re-runs them (`render`, music="always")
+        self._last: tuple[int, list[int], torch.Tensor] | None = None
+        self._turns = 0
 
     def reset(self) -> None:
         self.history.clear()
         self.media.clear()
+        self._last = None
+
+    def _replied(self, ids: list[int], prompts: torch.Tensor) -> int:
+        """Record the newest reply's context; returns its turn number."""
+        self._turns += 1
+        self._last = (self._turns, ids, prompts)
+        return self._turns
 
     def stream(self, message: str, *, audio: Any = None, image: Any = None, video: Any = None,
                settings: GenerationSettings | None = None, **options: Any) -> ReplyStream:
@@ -294,11 +168,15 @@ class ChatSession:
         if hidden is None:
             if settings.music == "auto":
                 return None
+            if self._last is None or self._last[0] != result.turn:
+                raise ChatError("music='always' can add music only to the newest reply of "
+                                "this session; ask again, or use music='auto'")
+            _, prompt_ids, prompts = self._last
             model = self.model
             tok = model.tokenizer
             text_ids = tok(result.text, add_special_tokens=False).input_ids if result.text else []
-            ids = [*result.prompt_ids, *text_ids, *model.llm.audio_token_ids]
-            hidden = model.audio_token_hidden(ids, result.media_prompts)
+            ids = [*prompt_ids, *text_ids, *model.llm.audio_token_ids]
+            hidden = model.audio_token_hidden(ids, prompts)
             result.audio_hidden = hidden
             tokens = "".join(model.config.audio_tokens)
             result.raw_text = f"{result.text} {tokens}".strip()

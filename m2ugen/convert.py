@@ -21,9 +21,11 @@ from safetensors import safe_open
 from m2ugen.checkpoint import TRAINED_NAME, check_output_dir, model_directory, save_tensors
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
-from m2ugen.info import component_dir, decoder_cond_shape, encoder_features, read_config
+from m2ugen.info import component_dir, decoder_cond_shape, read_config
+from m2ugen.modules.encoders import encoder_features
 from m2ugen.modules.meta_llama import LAYER_NAMES, permute_to_hf, resolve_llm_path
 from m2ugen.safe_load import load_weights_only
+from m2ugen.trained import current_name, tensor_group
 
 ADAPTER_PREFIXES = {"audio": "mu_mert", "image": "iu_vit", "video": "iu_vivit"}
 # published LLaMA layer parts → HF names (the projections carry LoRA; the norms train)
@@ -230,8 +232,6 @@ def _changed_rows(ckpt: torch.Tensor, base: torch.Tensor) -> list[int]:
 def map_tensors(state: dict[str, torch.Tensor], det: Detected, token_rows: list[int],
                 report: Report) -> dict[str, torch.Tensor]:
     """Published names → our names; every key is either mapped, ignored or reported."""
-    from m2ugen.model import tensor_group
-
     used: set[str] = set()
     out: dict[str, torch.Tensor] = {}
     heads, kv = det.heads, det.kv_heads
@@ -279,7 +279,8 @@ def map_tensors(state: dict[str, torch.Tensor], det: Detected, token_rows: list[
                 _need(state, f"{pfx}_{part}_{k}.{kind}", used)
     for key in state:
         if key.startswith("output_projector."):
-            out["projector." + key.removeprefix("output_projector.")] = state[key]
+            # published names are those of our first version (`.model` for the last Linear)
+            out[current_name("projector." + key.removeprefix("output_projector."))] = state[key]
             used.add(key)
     for key in state:
         if key in used:

@@ -19,6 +19,8 @@ from transformers import PretrainedConfig
 from m2ugen.checkpoint import TRAINED_NAME
 from m2ugen.config import M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError
+from m2ugen.modules.decoders import cond_shape_from_configs
+from m2ugen.trained import tensor_group
 
 COMPONENTS = ("llm", "tokenizer", "mert", "vit", "vivit", "decoder_path")
 
@@ -47,26 +49,9 @@ def read_config(ref: str, flag: str, subfolder: str = "") -> dict[str, Any]:
     return raw
 
 
-def encoder_features(kind: str, cfg: dict[str, Any]) -> tuple[int, int]:
-    """(tokens, width) an encoder emits, from its config: kind is mert, vit or vivit."""
-    width = int(cfg["hidden_size"])
-    if kind == "mert":  # every hidden state: layers + embeddings
-        return int(cfg["num_hidden_layers"]) + 1, width
-    size = cfg["image_size"]
-    if kind == "vit":
-        return (size // cfg["patch_size"]) ** 2 + 1, width
-    t, h, w = cfg["tubelet_size"]
-    return (cfg["num_frames"] // t) * (size // h) * (size // w) + 1, width
-
-
 def decoder_cond_shape(kind: str, ref: str) -> tuple[int, int]:
-    """(tokens, width) of the conditioning the decoder takes (ORIGINAL_M2UGEN.md §4)."""
-    if kind == "musicgen":
-        cfg = read_config(ref, "--decoder-path")
-        return 128, int(cfg["text_encoder"]["d_model"])
-    t5 = read_config(ref, "--decoder-path", "text_encoder_2")
-    gpt2 = read_config(ref, "--decoder-path", "language_model")
-    return 1, 128 * int(t5["d_model"]) + 8 * int(gpt2["n_embd"])
+    """(tokens, width) of the conditioning the decoder takes, from its config files."""
+    return cond_shape_from_configs(kind, lambda sub: read_config(ref, "--decoder-path", sub))
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -126,7 +111,6 @@ def _human(n: float, unit: str = "") -> str:
 
 def describe(directory: str | Path) -> str:
     """A report of a model directory: components with parameter counts, trained tensors."""
-    from m2ugen.model import tensor_group
 
     directory = Path(directory)
     config = M2UGenConfig.load(directory)

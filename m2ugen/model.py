@@ -1,15 +1,15 @@
 """M2UGen: frozen encoders → adapters → injected LLM → output projector, wired together.
 
-The class receives its parts (STYLE.md §2); `from_pretrained` is the one loading entry
-point for model directories and presets. The trainable set of each training stage is
-declared once, in `STAGE_GROUPS`.
+The assembly only: the class receives its parts (STYLE.md §2) and computes prompts,
+logits, [AUD] hidden states and the training losses. Which tensors are trained lives in
+`trained.py`; loading and saving model directories in `loading.py` (`from_pretrained`,
+`save_pretrained` and the trained-tensor methods here are thin doors to them).
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -17,58 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from m2ugen.checkpoint import (
-    TRAINED_NAME,
-    fingerprint,
-    load_tensors,
-    model_directory,
-    save_tensors,
-)
-from m2ugen.config import MODALITIES, M2UGenConfig, resolve_component
-from m2ugen.errors import ConfigError, check_device, nonfinite_weights
+from m2ugen import loading, trained
+from m2ugen.checkpoint import model_directory
+from m2ugen.config import MODALITIES, M2UGenConfig
+from m2ugen.errors import ConfigError
 from m2ugen.media import MediaSpec
 from m2ugen.modules.adapters import OutputProjector, UnderstandingAdapter
-from m2ugen.modules.decoders import MusicDecoder, load_decoder
-from m2ugen.modules.encoders import feature_shape, load_encoders
-from m2ugen.modules.llm import InjectedLLM, Injection, load_llm
-from m2ugen.presets import resolve_model
-
-log = logging.getLogger(__name__)
-
-
-# Trained-tensor groups, matched against clean parameter names (see `clean_name`).
-GROUP_PATTERNS: dict[str, re.Pattern[str]] = {
-    "adapters": re.compile(r"^adapters\."),
-    "prefix_query": re.compile(r"^llm\.prefix_query\."),
-    "gates": re.compile(r"^llm\.gates$"),
-    "lora": re.compile(r"\.lora_[AB]\.weight$"),
-    # published biases: wq, wo, w1, w2, w3 (wk and wv have none)
-    "bias": re.compile(r"\.(q_proj|o_proj|gate_proj|up_proj|down_proj)\.bias$"),
-    "norm": re.compile(r"^llm\..*(layernorm|\.norm)\.weight$"),
-    "new_tokens": re.compile(r"\.trainable_tokens_delta$"),
-    "projector": re.compile(r"^projector\."),
-}
-_LLM_TUNING = {"lora", "bias", "norm", "new_tokens", "prefix_query"}
-# ORIGINAL_M2UGEN.md §4 trainable sets, plus the injection gates in stages 1 and 3 (§5.1).
-STAGE_GROUPS: dict[int, frozenset[str]] = {
-    1: frozenset(_LLM_TUNING | {"adapters", "gates", "projector"}),
-    2: frozenset(_LLM_TUNING | {"projector"}),
-    3: frozenset(_LLM_TUNING | {"gates"}),
-}
-
-
-def clean_name(name: str) -> str:
-    """Parameter name without peft's wrapper parts, stable across peft versions."""
-    return (name.replace("base_model.model.", "", 1).replace(".default", "")
-            .replace(".base_layer.", ".").replace(".token_adapter.", "."))
-
-
-def tensor_group(name: str) -> str | None:
-    """The trained-tensor group of a clean parameter name, or None for frozen weights."""
-    for group, pattern in GROUP_PATTERNS.items():
-        if pattern.search(name):
-            return group
-    return None
+from m2ugen.modules.decoders import MusicDecoder
+from m2ugen.modules.encoders import feature_shape
+from m2ugen.modules.llm import InjectedLLM, Injection
 
 
 def _as_batch(items: Any, batch: int, name: str) -> list[Any] | None:
@@ -90,10 +47,13 @@ class M2UGen(nn.Module):
         encoders: {"audio": MusicEncoder, "image": ImageEncoder, "video": VideoEncoder}.
         llm: the injected LLM.
         base_dir: the model directory relative component paths resolve against.
+        decoder: the frozen music decoder, or None to load it later with `load_decoder`.
+        empty: allocate the trained parts on `meta` (the loader fills them from disk).
     """
 
     def __init__(self, config: M2UGenConfig, encoders: dict[str, nn.Module], llm: InjectedLLM,
-                 base_dir: Path | None = None, empty: bool = False) -> None:
+                 base_dir: Path | None = None, empty: bool = False,
+                 decoder: MusicDecoder | None = None) -> None:
         super().__init__()
         self.config = config
         self.base_dir = base_dir
@@ -120,22 +80,30 @@ class M2UGen(nn.Module):
                 ffn=config.projector_ffn)
         self.llm = llm
         self.requires_grad_(False)
-        self._decoder: MusicDecoder | None = None  # loaded on first use (not a submodule)
+        self._decoder = decoder  # not a submodule: it is frozen, saved nowhere, and big
+        self._decoder_lock = threading.Lock()
 
     @property
     def decoder(self) -> MusicDecoder:
-        """The frozen music decoder, loaded on first use on the model's device and dtype."""
+        """The frozen music decoder. Never loaded behind the reader's back: it is loaded by
+        `from_pretrained(..., decoder=True)` (the default) or `load_decoder()`."""
         if self._decoder is None:
-            path = resolve_component(self.config.decoder_path, self.base_dir)
-            decoder = load_decoder(self.config.decoder, path, self.device, self.dtype)
-            nonfinite_weights(path, _decoder_parameters(decoder))
-            want = (self.config.projector_tokens, self.config.projector_dim)
-            if decoder.cond_shape != want:
-                raise ConfigError(
-                    f"{path}: the decoder takes conditioning {decoder.cond_shape[0]}×"
-                    f"{decoder.cond_shape[1]} but the projector makes {want[0]}×{want[1]}; "
-                    "name the decoder this model was trained with")
-            self._decoder = decoder
+            raise ConfigError(
+                f"{self.config.name}: the music decoder is not loaded (from_pretrained(..., "
+                "decoder=False)); call model.load_decoder() first")
+        return self._decoder
+
+    @property
+    def has_decoder(self) -> bool:
+        return self._decoder is not None
+
+    def load_decoder(self) -> MusicDecoder:
+        """Load the config's music decoder on the model's device and dtype (once; later
+        calls return it). Thread-safe: two first requests load it once."""
+        with self._decoder_lock:
+            if self._decoder is None:
+                self._decoder = loading.load_model_decoder(self.config, self.base_dir,
+                                                           self.device, self.dtype)
         return self._decoder
 
     def audio_token_embeds(self, batch: int) -> torch.Tensor:
@@ -282,72 +250,22 @@ class M2UGen(nn.Module):
             out["mse_count"] = mask.sum()
         return out
 
-    # ---- trained tensors ----------------------------------------------------------
+    # ---- trained tensors and files: thin doors to trained.py and loading.py -------------
     def trained_parameters(self, groups: Sequence[str] | None = None) -> dict[str, nn.Parameter]:
         """Clean name → parameter for the trained tensors (all groups, or those given)."""
-        out = {}
-        for name, p in self.named_parameters():
-            if name.startswith("encoders."):
-                continue
-            clean = clean_name(name)
-            group = tensor_group(clean)
-            if group is not None and (groups is None or group in groups):
-                out[clean] = p
-        return out
+        return trained.trained_parameters(self, groups)
 
     def set_stage(self, stage: int) -> int:
         """Make exactly the stage's declared groups trainable; returns the count."""
-        if stage not in STAGE_GROUPS:
-            raise ConfigError(f"stage {stage} is unknown; stages are 1, 2, 3")
-        self.llm.unmerge()  # training needs the deltas separate from the base weights
-        self.requires_grad_(False)
-        params = self.trained_parameters(STAGE_GROUPS[stage])
-        for p in params.values():
-            p.requires_grad_(True)
-        return sum(p.numel() for p in params.values())
+        return trained.set_stage(self, stage)
 
-    @torch.no_grad()
     def reset_trained(self, seed: int = 0) -> None:
-        """Standard initial values for every trained tensor, as training from a base model
-        starts: zero gates (inputs unseen), zero LoRA B and biases, unit norms, default
-        initialisation of adapters, projector and prefix queries."""
-        torch.manual_seed(seed)
-        for module in (*self.adapters.modules(), *self.projector.modules()):
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-        for p in self.projector.tfm.parameters():  # nn.Transformer's own init
-            if p.dim() > 1:
-                torch.nn.init.xavier_uniform_(p)
-        torch.nn.init.normal_(self.projector.query_embs)
-        self.llm.prefix_query.reset_parameters()
-        for name, p in self.trained_parameters().items():
-            group = tensor_group(name)
-            if group == "gates" or group == "bias" or name.endswith("lora_B.weight"):
-                p.zero_()
-            elif name.endswith("lora_A.weight"):
-                torch.nn.init.kaiming_uniform_(p, a=5 ** 0.5)  # peft's default for A
-            elif group == "norm":
-                p.fill_(1.0)
+        """Standard initial values for every trained tensor (`trained.reset_trained`)."""
+        trained.reset_trained(self, seed)
 
     def load_trained(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        """Copy trained tensors in; every expected name must be present with its shape."""
-        nonfinite_weights(source, iter(tensors.items()),
-                          fix="copy the file again, or re-train or re-convert the model")
-        params = self.trained_parameters()
-        missing = sorted(set(params) - set(tensors))
-        unexpected = sorted(set(tensors) - set(params))
-        if missing or unexpected:
-            raise ConfigError(
-                f"{source}: trained tensors do not match this model ({len(missing)} missing, "
-                f"e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]}); "
-                "was it saved for another config?")
-        with torch.no_grad():
-            for name, p in params.items():
-                t = tensors[name]
-                if t.shape != p.shape:
-                    raise ConfigError(f"{source}: {name} has shape {tuple(t.shape)}, the model "
-                                      f"needs {tuple(p.shape)}; the config does not match")
-                p.copy_(t.to(p.dtype))
+        """Copy trained tensors in, checked by name and shape (`trained.load_trained`)."""
+        trained.load_trained(self, tensors, source)
 
     def save_pretrained(self, directory: str | Path, force: bool = False) -> Path:
         """Write a model directory: config, trained tensors, tokenizer. Only our files in an
@@ -359,89 +277,25 @@ class M2UGen(nn.Module):
 
     def write_model_files(self, directory: Path, metadata: dict[str, str] | None = None,
                           dtype: torch.dtype | None = None) -> None:
-        """Config, tokenizer and trained tensors (cast to `dtype` if given) into
-        `directory`, each file atomically."""
-        cfg = M2UGenConfig.from_dict(self.config.to_dict())
-        for key in ("llm", "mert", "vit", "vivit", "decoder_path"):
-            ref = resolve_component(getattr(cfg, key), self.base_dir)
-            if Path(ref).exists():  # local component: keep pointing at it from anywhere
-                setattr(cfg, key, str(Path(ref).resolve()))
-                cfg.base_fingerprints[key] = (cfg.base_fingerprints.get(key)
-                                              or fingerprint(ref) or "")
-        cfg.tokenizer = "tokenizer"
-        cfg.save(directory)
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        tensors = {k: v if dtype is None else v.to(dtype)
-                   for k, v in self.trained_parameters().items()}
-        save_tensors(directory / TRAINED_NAME, tensors,
-                     metadata={"format": "m2ugen", "version": str(cfg.format_version),
-                               **(metadata or {})})
+        """Config, tokenizer and trained tensors into `directory` (`loading.write_model_files`)."""
+        loading.write_model_files(self, directory, metadata, dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None, warn_untrained: bool = True,
-                        trust_remote_code: bool = False) -> M2UGen:
+                        trust_remote_code: bool = False, decoder: bool = True) -> M2UGen:
         """Load a model directory or a preset (`tiny` is built on first use).
 
-        `trust_remote_code` lets a MERT whose config needs its own Python code run it; it
-        is the user's opt-in (--trust-remote-code), never read from the model directory,
-        whose files are what the opt-in is about.
+        `decoder=False` skips the music decoder (text-only use, training without music
+        targets); `load_decoder()` loads it later. `trust_remote_code` lets a MERT whose
+        config needs its own Python code run it; it is the user's opt-in
+        (--trust-remote-code), never read from the model directory, whose files are what
+        the opt-in is about. dtype None: `loading.default_dtype` of the device.
         """
-        config, base = resolve_model(name_or_dir, model_cls=cls)
-        device = check_device(device)  # "tpu", "meta", a missing cuda:7: one line
-        if dtype is None:
-            dtype = default_dtype(device)
-        def ref(key: str) -> str:
-            return resolve_component(getattr(config, key), base)
-        encoders = load_encoders(ref("mert"), ref("vit"), ref("vivit"), dtype,
-                                 config.mert_chunk_seconds, device, trust_remote_code)
-        llm = load_llm(ref("llm"), ref("tokenizer"), config, dtype, device)
-        # NaN-filled weight files load fine and fail much later (NaN logits); name them now
-        for key, module in (("mert", encoders["audio"]), ("vit", encoders["image"]),
-                            ("vivit", encoders["video"]), ("llm", llm)):
-            nonfinite_weights(ref(key), module.named_parameters())
-        trained = base / TRAINED_NAME if base is not None else None
-        has_trained = trained is not None and trained.is_file()
-        model = cls(config, encoders, llm, base_dir=base, empty=has_trained)
-        if has_trained:  # allocate the meta parts directly in the target dtype and device
-            for part in (model.adapters, model.projector):
-                part.to(dtype=dtype).to_empty(device=device)
-        model.to(device=device, dtype=dtype)
-        if has_trained:
-            model.load_trained(load_tensors(trained), str(trained))
-            _check_fingerprints(config, base)
-        elif warn_untrained:
-            log.warning("%s has no %s: the model is UNTRAINED (zero gates ignore audio, image "
-                        "and video)", name_or_dir, TRAINED_NAME)
-        return model.eval()
+        return loading.load_model(cls, name_or_dir, device, dtype, warn_untrained=warn_untrained,
+                                  trust_remote_code=trust_remote_code, decoder=decoder)
 
-
-def _check_fingerprints(config: M2UGenConfig, base: Path | None) -> None:
-    """Warn loudly when a local base component changed since the model was written."""
-    for key, expected in config.base_fingerprints.items():
-        ref = resolve_component(getattr(config, key), base)
-        found = fingerprint(ref)
-        if expected and found is not None and found != expected:
-            log.warning("%s (%s) is not the %s this model was trained on: its weights changed "
-                        "since the model directory was written, so the trained tensors will "
-                        "not fit them; point the config at the original", ref, key, key)
-
-
-def _decoder_parameters(decoder: MusicDecoder) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every module a decoder holds (a pipeline's components too)."""
-    parts = dict(vars(decoder))
-    pipe = parts.get("pipe")
-    if pipe is not None:
-        parts.update(getattr(pipe, "components", {}))
-    for key, part in parts.items():
-        if isinstance(part, nn.Module):
-            for name, p in part.named_parameters():
-                yield f"{key}.{name}", p
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (DESIGN.md §6)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
+    @classmethod
+    def read_media_spec(cls, name_or_dir: str | Path) -> MediaSpec:
+        """The `media_spec` a model will have, read from config files only (no weights)."""
+        return loading.read_media_spec(name_or_dir, model_cls=cls)

@@ -87,7 +87,7 @@ def render_music(model, audio_hidden: torch.Tensor, text: str,
     """
     settings.validate()
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
-    decoder = model.decoder
+    decoder = model.load_decoder()  # loaded once, when music is first asked for
     n = settings.num_candidates
     conditioning = None
     if settings.condition == "embedding":

@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from m2ugen.errors import ConfigError
-from m2ugen.info import add_parser, count_params, encoder_features, read_config
+from m2ugen.info import add_parser, count_params, read_config
+from m2ugen.modules.encoders import encoder_features
 
 
 def _run(argv: list[str]) -> int:

@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 from m2ugen.checkpoint import TRAINED_NAME
 from m2ugen.errors import ConfigError
-from m2ugen.model import STAGE_GROUPS, M2UGen, tensor_group
+from m2ugen.model import M2UGen
 from m2ugen.presets import resolve_model
 from m2ugen.presets.tiny import build_tiny
+from m2ugen.trained import STAGE_GROUPS, tensor_group
 
 
 def test_model_directory_holds_only_trained_tensors(tiny_dir, tiny_model):

@@ -68,7 +68,7 @@ def test_same_inputs_same_audio_and_inputs_steer_it(any_tiny_model, media_arrays
 def test_changed_projector_output_changes_audio(tiny_model, media_arrays):
     s = MusicSettings(music="always", seconds=1.0, seed=4)
     a = _session_music(tiny_model, s, audio=media_arrays["audio"])
-    bias = tiny_model.projector.model.bias
+    bias = tiny_model.projector.out.bias
     saved = bias.detach().clone()
     try:
         with torch.no_grad():

@@ -19,8 +19,8 @@ from m2ugen.data.batching import collate, tokenize_example
 from m2ugen.data.dataset import TrainDataset
 from m2ugen.data.example import Example
 from m2ugen.media import load_audio
+from m2ugen.modules.decoders import AUDIOLDM2_T5_TOKENS as T5_TOKENS
 from m2ugen.modules.decoders import TARGET_SCALE
-from m2ugen.modules.decoders.audioldm2 import T5_TOKENS
 from m2ugen.modules.llm import Injection
 from m2ugen.music import MusicSettings, render_music
 
@@ -166,11 +166,16 @@ def test_music_always_states_follow_the_reply_text(tiny_model):
     assert not torch.allclose(first.audio_hidden, other.audio_hidden)
     tok, llm = tiny_model.tokenizer, tiny_model.llm
     norm = llm.model.get_base_model().model.norm
+    # by hand: the prompt of a first turn, and the prompts of a message without media
+    prompt_ids, _ = build_prompt_ids(tok, tiny_model.config.prompt_template, [],
+                                     "Describe this.", 10_000)
+    with torch.no_grad():
+        prompts = tiny_model.media_prompts(1)
     for result in (first, other):
-        ids = [*result.prompt_ids, *tok(result.text, add_special_tokens=False).input_ids,
+        ids = [*prompt_ids, *tok(result.text, add_special_tokens=False).input_ids,
                *llm.audio_token_ids]
         with torch.no_grad():
-            out = llm(torch.tensor([ids]), injection=Injection(result.media_prompts),
+            out = llm(torch.tensor([ids]), injection=Injection(prompts),
                       output_hidden_states=True, use_cache=False)
         # HF's last hidden state is after the final norm; ours is before it
         predicting = out.hidden_states[-1][0, len(ids) - 9:len(ids) - 1]

@@ -38,7 +38,8 @@ class MusicCaptioner:
                  trust_remote_code: bool = False) -> None:
         from m2ugen.model import M2UGen
 
-        self.model = M2UGen.from_pretrained(model, device=device,
+        # captions are text: the music decoder is never needed
+        self.model = M2UGen.from_pretrained(model, device=device, decoder=False,
                                             trust_remote_code=trust_remote_code)
         self.model.llm.merge_for_inference()  # generation only: fold LoRA in
         self.prompt = prompt

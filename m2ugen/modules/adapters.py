@@ -54,7 +54,8 @@ class OutputProjector(nn.Module):
     """Hidden states at the [AUD] positions → decoder conditioning (B, N, out_dim).
 
     `fc(hidden + token embeddings)` → nn.Transformer(512, 4 heads, 4+4 layers, post-norm,
-    no dropout) with `query_embs` as the decoder input → Linear(512 → out_dim).
+    no dropout) with `query_embs` as the decoder input → `out`: Linear(512 → out_dim).
+    (Model directories of our first version call `out` `model`: `trained.RENAMED`.)
     """
 
     def __init__(self, in_dim: int, out_dim: int, num_output_tokens: int,
@@ -65,10 +66,10 @@ class OutputProjector(nn.Module):
                                   num_decoder_layers=layers, dim_feedforward=ffn, dropout=0.0,
                                   batch_first=True, norm_first=False)
         self.query_embs = nn.Parameter(torch.randn(1, num_output_tokens, width))
-        self.model = nn.Linear(width, out_dim)
+        self.out = nn.Linear(width, out_dim)
 
     def forward(self, hidden: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
         """hidden, token_embeds: (B, 8, in_dim) → (B, N, out_dim)."""
         x = self.fc(hidden + token_embeds)  # (B, 8, width)
         queries = self.query_embs.expand(x.shape[0], -1, -1).to(x.dtype)
-        return self.model(self.tfm(src=x, tgt=queries))
+        return self.out(self.tfm(src=x, tgt=queries))

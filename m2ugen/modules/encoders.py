@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from transformers import (
 )
 
 from m2ugen.errors import ConfigError, loading
+from m2ugen.media import MediaSpec
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ def load_mert(path: str, dtype: torch.dtype, device: torch.device | None = None,
 class MusicEncoder(nn.Module):
     """MERT features per clip: (B, layers+1, width)."""
 
+    kind = "mert"
+
     def __init__(self, model: nn.Module, processor: Wav2Vec2FeatureExtractor,
                  chunk_seconds: float = 60.0) -> None:
         super().__init__()
@@ -114,6 +118,8 @@ class MusicEncoder(nn.Module):
 class ImageEncoder(nn.Module):
     """ViT `last_hidden_state` per image: (B, tokens, width)."""
 
+    kind = "vit"
+
     def __init__(self, model: ViTModel, processor) -> None:
         super().__init__()
         self.model = model
@@ -128,6 +134,8 @@ class ImageEncoder(nn.Module):
 
 class VideoEncoder(nn.Module):
     """ViViT `last_hidden_state` per clip of `num_frames` frames: (B, tokens, width)."""
+
+    kind = "vivit"
 
     def __init__(self, model: VivitModel, processor) -> None:
         super().__init__()
@@ -185,13 +193,30 @@ def load_encoders(mert: str, vit: str, vivit: str, dtype: torch.dtype,
     return {"audio": music, "image": image, "video": video}
 
 
+def encoder_features(kind: str, cfg: dict[str, Any]) -> tuple[int, int]:
+    """(tokens, width) an encoder emits per input, from its config.json as a dict; `kind`
+    is mert, vit or vivit. The one statement of the token-count math."""
+    width = int(cfg["hidden_size"])
+    if kind == "mert":  # every hidden state: layers + embeddings
+        return int(cfg["num_hidden_layers"]) + 1, width
+    size = int(cfg["image_size"])
+    if kind == "vit":  # patches + [CLS]
+        return (size // int(cfg["patch_size"])) ** 2 + 1, width
+    t, h, w = cfg["tubelet_size"]  # tubelets + [CLS]
+    return (int(cfg["num_frames"]) // t) * (size // h) * (size // w) + 1, width
+
+
 def feature_shape(encoder: nn.Module) -> tuple[int, int]:
-    """(tokens, width) the encoder emits per input, from its config."""
-    cfg = encoder.model.config
-    if isinstance(encoder, MusicEncoder):
-        return cfg.num_hidden_layers + 1, cfg.hidden_size
-    if isinstance(encoder, ImageEncoder):
-        return (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size
-    t, h, w = cfg.tubelet_size
-    return (cfg.num_frames // t) * (cfg.image_size // h) * (cfg.image_size // w) + 1, \
-        cfg.hidden_size
+    """(tokens, width) a loaded encoder emits per input, from its config."""
+    return encoder_features(encoder.kind, encoder.model.config.to_dict())
+
+
+def read_media_spec(mert: str, vivit: str) -> MediaSpec:
+    """How media must be loaded for these encoders, from their small config files only
+    (MERT's feature-extractor rate, ViViT's frame count): no weights are read, so a face
+    can decode attachments before the slow model load."""
+    with loading("music encoder (MERT)", mert):
+        rate = Wav2Vec2FeatureExtractor.from_pretrained(mert).sampling_rate
+    with loading("video encoder (ViViT)", vivit):
+        raw, _ = PretrainedConfig.get_config_dict(vivit)
+    return MediaSpec(sample_rate=int(rate), num_frames=int(raw["num_frames"]))

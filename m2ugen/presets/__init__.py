@@ -13,13 +13,15 @@ from pathlib import Path
 
 from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
+from m2ugen.modules.decoders import audioldm2_cond_shape, musicgen_cond_shape
 from m2ugen.presets.tiny import ensure_tiny
 
 _LLAMA2 = "meta-llama/Llama-2-7b-hf"
 
 
-def _hub(name: str, decoder: str, decoder_path: str, projector_tokens: int = 128,
-         projector_dim: int = 768) -> M2UGenConfig:
+def _hub(name: str, decoder: str, decoder_path: str,
+         cond_shape: tuple[int, int] = musicgen_cond_shape(768)) -> M2UGenConfig:
+    projector_tokens, projector_dim = cond_shape
     return M2UGenConfig(name=name, projector_tokens=projector_tokens,
                         projector_dim=projector_dim, llm=_LLAMA2, tokenizer=_LLAMA2,
                         mert="m-a-p/MERT-v1-330M",
@@ -37,9 +39,9 @@ def musicgen_medium() -> M2UGenConfig:
 
 
 def audioldm2() -> M2UGenConfig:
-    # one output token holding 128 T5 states (1024 wide) and 8 GPT-2 states (768 wide)
-    return _hub("audioldm2", "audioldm2", "cvssp/audioldm2-music", projector_tokens=1,
-                projector_dim=128 * 1024 + 8 * 768)
+    # audioldm2-music: T5 states 1024 wide, GPT-2 states 768 wide
+    return _hub("audioldm2", "audioldm2", "cvssp/audioldm2-music",
+                cond_shape=audioldm2_cond_shape(1024, 768))
 
 
 HUB_PRESETS: dict[str, Callable[[], M2UGenConfig]] = {

@@ -33,6 +33,8 @@ from transformers import (
 
 from m2ugen.checkpoint import TRAINED_NAME, model_directory, save_tensors
 from m2ugen.config import M2UGenConfig
+from m2ugen.modules.decoders import cond_shape_from_configs
+from m2ugen.presets.tiny_decoders import build_tiny_audioldm2, build_tiny_musicgen
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +115,11 @@ def _save_encoders(root: Path) -> dict[str, int]:
 
 
 def _save_decoder(root: Path, decoder: str, corpus: list[str], seed: int) -> dict[str, int]:
-    from m2ugen.presets.tiny_decoders import build_tiny_audioldm2, build_tiny_musicgen
-
-    if decoder == "musicgen":
-        build_tiny_musicgen(root / "musicgen", corpus, seed)
-        cfg = json.loads((root / "musicgen" / "config.json").read_text())
-        return {"projector_tokens": 128, "projector_dim": cfg["text_encoder"]["d_model"]}
-    build_tiny_audioldm2(root / "audioldm2", corpus, seed)
-    t5 = json.loads((root / "audioldm2" / "text_encoder_2" / "config.json").read_text())
-    gpt2 = json.loads((root / "audioldm2" / "language_model" / "config.json").read_text())
-    return {"projector_tokens": 1, "projector_dim": 128 * t5["d_model"] + 8 * gpt2["n_embd"]}
+    build = build_tiny_musicgen if decoder == "musicgen" else build_tiny_audioldm2
+    build(root / decoder, corpus, seed)
+    tokens, dim = cond_shape_from_configs(
+        decoder, lambda sub: json.loads((root / decoder / sub / "config.json").read_text()))
+    return {"projector_tokens": tokens, "projector_dim": dim}
 
 
 def _randomize_trained(model, seed: int) -> None:

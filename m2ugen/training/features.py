@@ -50,6 +50,12 @@ def batch_features(model, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor
     return out
 
 
+def needs_decoder(examples: list) -> bool:
+    """Whether some example's answer is music: its target comes from the decoder, which is
+    only loaded then."""
+    return any(ex.music_caption is not None for ex in examples)
+
+
 def batch_music(model, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Music rows, [AUD] positions and targets (cached, or from the decoder) for a batch."""
     rows = [i for i, c in enumerate(batch["caption"]) if c is not None]
@@ -76,9 +82,10 @@ def cache_features(cfg, flush_every: int = 64) -> FeatureCache:
     if not cfg.feature_cache:
         raise ConfigError("feature_cache is not set; pass feature_cache=DIR")
     device = train_device(cfg, 0)
-    model = M2UGen.from_pretrained(cfg.model, device=device,
-                                   trust_remote_code=cfg.trust_remote_code)
     examples = collect(load_spec(cfg.data), f"stage{cfg.stage}", skip_bad=cfg.skip_bad)
+    model = M2UGen.from_pretrained(cfg.model, device=device,
+                                   trust_remote_code=cfg.trust_remote_code,
+                                   decoder=needs_decoder(examples))
     cache = FeatureCache(cfg.feature_cache)
     data = TrainDataset(examples, model, cfg.max_len, cache=None)
     jobs: dict[str, tuple[str, object]] = {}

@@ -28,9 +28,10 @@ from m2ugen.data.cache import FeatureCache
 from m2ugen.data.dataset import TrainDataset
 from m2ugen.data.spec import collect, load_spec
 from m2ugen.errors import ConfigError
-from m2ugen.model import M2UGen, default_dtype
+from m2ugen.loading import default_dtype
+from m2ugen.model import M2UGen
 from m2ugen.training.config import TrainConfig
-from m2ugen.training.features import batch_features, batch_music, train_device
+from m2ugen.training.features import batch_features, batch_music, needs_decoder, train_device
 from m2ugen.training.state import STATE_DIR, MetricsLog, load_trainer_state, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,15 @@ def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
     """Model (stage trainable set applied), dataset and sampler."""
     autocast = _precision(cfg, device)
     frozen_dtype = autocast or torch.float32
+    # the data first: a bad record costs a second, not a model load
+    spec = load_spec(cfg.data)
+    examples = collect(spec, f"stage{cfg.stage}", skip_bad=cfg.skip_bad)
+    if not examples:
+        raise ConfigError(f"{cfg.data}: stage{cfg.stage} has no examples")
+    # the decoder only computes music targets: loaded when some example has one
     model = M2UGen.from_pretrained(cfg.model, device=device, dtype=frozen_dtype,
-                                   trust_remote_code=cfg.trust_remote_code)
+                                   trust_remote_code=cfg.trust_remote_code,
+                                   decoder=needs_decoder(examples))
     if cfg.init_trained == "standard":
         model.reset_trained(cfg.seed)
     n_trainable = model.set_stage(cfg.stage)
@@ -92,10 +100,6 @@ def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
     if cfg.gradient_checkpointing:
         model.llm.model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
-    spec = load_spec(cfg.data)
-    examples = collect(spec, f"stage{cfg.stage}", skip_bad=cfg.skip_bad)
-    if not examples:
-        raise ConfigError(f"{cfg.data}: stage{cfg.stage} has no examples")
     cache = FeatureCache(cfg.feature_cache) if cfg.feature_cache else None
     if cache is not None and len(cache) == 0:
         log.warning("feature cache %s is empty; run `m2ugen cache-features --config ...`",

@@ -60,7 +60,7 @@ def test_output_projector_shape_and_math_by_hand():
     x = (hidden + embeds) @ proj.fc.weight.T + proj.fc.bias  # the sum, then fc
     memory = proj.tfm.encoder(x)
     queries = proj.query_embs.expand(2, -1, -1)
-    want = proj.tfm.decoder(queries, memory) @ proj.model.weight.T + proj.model.bias
+    want = proj.tfm.decoder(queries, memory) @ proj.out.weight.T + proj.out.bias
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     # the queries are learned: the output depends on them, and on every [AUD] state
     with torch.no_grad():

@@ -8,6 +8,8 @@ conditioning of the caption (ORIGINAL_M2UGEN.md §4).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +17,40 @@ import torch
 from m2ugen.errors import ConfigError, loading
 
 TARGET_SCALE = 10.0  # published: projector regresses 10 × the decoder's conditioning
+
+# The conditioning layouts (ORIGINAL_M2UGEN.md §4), stated once. MusicGen: the projector
+# makes 128 T5 text-encoder states (captions padded / truncated to 128 tokens for the
+# target). AudioLDM2: ONE token holding 128 T5 states then 8 GPT-2 states, flattened.
+MUSICGEN_TOKENS = 128
+AUDIOLDM2_T5_TOKENS = 128  # whatever the T5 tokenizer's own maximum
+AUDIOLDM2_GPT2_TOKENS = 8  # the pipeline's language model generates 8 states
+
+
+def musicgen_cond_shape(t5_width: int) -> tuple[int, int]:
+    """(N, W) the projector makes for MusicGen: (128, T5 width)."""
+    return MUSICGEN_TOKENS, int(t5_width)
+
+
+def audioldm2_parts(t5_width: int, gpt2_width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((128, T5 width), (8, GPT-2 width)): the two states AudioLDM2 is conditioned on."""
+    return (AUDIOLDM2_T5_TOKENS, int(t5_width)), (AUDIOLDM2_GPT2_TOKENS, int(gpt2_width))
+
+
+def audioldm2_cond_shape(t5_width: int, gpt2_width: int) -> tuple[int, int]:
+    """(1, 128·T5 width + 8·GPT-2 width): both parts flattened into one token."""
+    (lt, wt), (lg, wg) = audioldm2_parts(t5_width, gpt2_width)
+    return 1, lt * wt + lg * wg
+
+
+def cond_shape_from_configs(kind: str, read: Callable[[str], dict[str, Any]]) -> tuple[int, int]:
+    """The (N, W) conditioning of a decoder from its config files, without loading weights;
+    `read(subfolder)` returns a config.json as a dict ("" = the top one)."""
+    if kind == "musicgen":
+        return musicgen_cond_shape(read("")["text_encoder"]["d_model"])
+    if kind == "audioldm2":
+        return audioldm2_cond_shape(read("text_encoder_2")["d_model"],
+                                    read("language_model")["n_embd"])
+    raise ConfigError(f"decoder kind {kind!r} is unknown; use musicgen or audioldm2")
 
 
 class MusicDecoder(ABC):

@@ -1,9 +1,9 @@
 """AudioLDM2 (diffusers) as an M2UGen decoder, conditioned on projector states.
 
-The projector emits one token holding 128 T5 states and 8 GPT-2 states, flattened
-(ORIGINAL_M2UGEN.md §4); they become `prompt_embeds` and `generated_prompt_embeds`. The
-negative prompt "Low quality." is encoded by the pipeline itself and padded to the
-positive shape (STACK.md).
+The projector emits one token holding the T5 and GPT-2 states, flattened (the layout
+is `decoders.audioldm2_parts`, ORIGINAL_M2UGEN.md §4); they become `prompt_embeds` and
+`generated_prompt_embeds`. The negative prompt "Low quality." is encoded by the
+pipeline itself and padded to the positive shape (STACK.md).
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import torch
 from diffusers import AudioLDM2Pipeline
 from transformers import GPT2LMHeadModel
 
-from m2ugen.modules.decoders import TARGET_SCALE, MusicDecoder
+from m2ugen.modules.decoders import (
+    TARGET_SCALE,
+    MusicDecoder,
+    audioldm2_cond_shape,
+    audioldm2_parts,
+)
 
 NEGATIVE_PROMPT = "Low quality."
-T5_TOKENS = 128  # published: the projector makes 128 T5 states (whatever the tokenizer's max)
 DEFAULT_STEPS = 100
 
 
@@ -45,17 +49,21 @@ class AudioLDM2Decoder(MusicDecoder):
         return int(self.pipe.vocoder.config.sampling_rate)
 
     @property
+    def _widths(self) -> tuple[int, int]:
+        return (int(self.pipe.text_encoder_2.config.d_model),
+                int(self.pipe.language_model.config.n_embd))
+
+    @property
     def t5_shape(self) -> tuple[int, int]:
-        return T5_TOKENS, int(self.pipe.text_encoder_2.config.d_model)
+        return audioldm2_parts(*self._widths)[0]
 
     @property
     def gpt2_shape(self) -> tuple[int, int]:
-        return 8, int(self.pipe.language_model.config.n_embd)
+        return audioldm2_parts(*self._widths)[1]
 
     @property
     def cond_shape(self) -> tuple[int, int]:
-        (lt, wt), (lg, wg) = self.t5_shape, self.gpt2_shape
-        return 1, lt * wt + lg * wg
+        return audioldm2_cond_shape(*self._widths)
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(T5 states (B, L, Wt) padded to L, their mask (B, L), GPT-2 states (B, 8, Wg))."""

@@ -13,9 +13,7 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from m2ugen.modules.decoders import TARGET_SCALE, MusicDecoder
-
-MAX_TEXT_TOKENS = 128  # published: captions padded / truncated to 128 T5 tokens
+from m2ugen.modules.decoders import MUSICGEN_TOKENS, TARGET_SCALE, MusicDecoder, musicgen_cond_shape
 
 
 class MusicGenDecoder(MusicDecoder):
@@ -51,10 +49,10 @@ class MusicGenDecoder(MusicDecoder):
 
     @property
     def cond_shape(self) -> tuple[int, int]:
-        return MAX_TEXT_TOKENS, int(self.model.text_encoder.config.d_model)
+        return musicgen_cond_shape(self.model.text_encoder.config.d_model)
 
     def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.processor.tokenizer(texts, padding="max_length", max_length=MAX_TEXT_TOKENS,
+        enc = self.processor.tokenizer(texts, padding="max_length", max_length=MUSICGEN_TOKENS,
                                        truncation=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
