@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 import pytest
@@ -11,6 +12,7 @@ from m2ugen.chat import ChatSession, GenerationSettings
 from m2ugen.conversation import Turn, build_prompt_ids, format_prompt
 from m2ugen.errors import ChatError
 from m2ugen.modules.llm import Injection
+from m2ugen.music import MusicSettings
 
 
 def _greedy(n: int = 24, **kw) -> GenerationSettings:
@@ -178,3 +180,22 @@ def test_two_threads_chatting_with_one_model_get_the_sequential_replies(tiny_mod
     assert not errors, errors
     for a, b in zip(alone, together, strict=True):
         assert b.token_ids == a.token_ids and b.text == a.text
+
+
+def test_forced_music_needs_the_newest_reply(tiny_model):
+    """music='always' on a reply without [AUD] tokens re-runs that reply's prompt: only the
+    newest reply's is kept, so an older one is a ChatError, not music of the wrong turn."""
+    session = ChatSession(tiny_model)
+    greedy = GenerationSettings(max_new_tokens=4, temperature=0.0, seed=0)
+    first = session.send("Describe this.", settings=greedy)
+    second = session.send("And now?", settings=greedy)
+    assert (first.turn, second.turn) == (1, 2)
+    assert not first.has_audio_tokens and not second.has_audio_tokens
+    settings = MusicSettings(music="always", seconds=0.2, seed=0)
+    with pytest.raises(ChatError, match="newest reply"):
+        session.render(first, settings)
+    unrendered = dataclasses.replace(second, audio_hidden=None)
+    assert session.render(second, settings) is not None
+    session.reset()  # a new conversation: no reply is the newest one any more
+    with pytest.raises(ChatError, match="newest reply"):
+        session.render(unrendered, settings)

@@ -18,7 +18,7 @@ from m2ugen.data.synth import write_synthetic_dataset
 from m2ugen.errors import M2UGenError
 from m2ugen.model import M2UGen
 from m2ugen.training.config import TrainConfig, load_train_config
-from m2ugen.training.loop import lr_at, train
+from m2ugen.training.loop import build, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,3 +207,13 @@ def test_training_never_overwrites_a_model_directory(spec, tiny_dir, tmp_path):
     with pytest.raises(M2UGenError, match="not a training run"):
         train(_cfg(spec, tiny_dir, tiny_dir, max_steps=1, warmup_steps=0), resume=False)
     assert (tiny_dir / TRAINED_NAME).read_bytes() == before
+
+
+def test_the_decoder_loads_only_for_music_targets(spec, tiny_dir, tmp_path):
+    """Stage 1 (captions: text answers) never loads the music decoder; stage 2 (music
+    answers, whose targets the decoder computes) does."""
+    cpu = torch.device("cpu")
+    model, *_ = build(_cfg(spec, tmp_path / "s1", tiny_dir, stage=1), cpu, 1, 0)
+    assert not model.has_decoder
+    model, *_ = build(_cfg(spec, tmp_path / "s2", tiny_dir, stage=2), cpu, 1, 0)
+    assert model.has_decoder

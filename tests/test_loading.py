@@ -1,0 +1,98 @@
+"""loading.py: explicit decoder loading, media spec before the weights, old directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from m2ugen.checkpoint import TRAINED_NAME
+from m2ugen.errors import ConfigError
+from m2ugen.model import M2UGen
+from m2ugen.modules.decoders import cond_shape_from_configs
+from m2ugen.music import MusicSettings, render_music
+from m2ugen.trained import RENAMED, current_name
+
+
+def test_decoder_false_loads_no_decoder_until_asked(tiny_dir):
+    model = M2UGen.from_pretrained(tiny_dir, decoder=False)
+    assert not model.has_decoder
+    with pytest.raises(ConfigError, match=r"load_decoder\(\)"):
+        model.decoder  # noqa: B018 - reading it must not load a GB-scale model silently
+    assert not model.has_decoder
+    decoder = model.load_decoder()
+    assert model.has_decoder and model.decoder is decoder
+    assert model.load_decoder() is decoder  # loaded once
+    assert decoder.cond_shape == (model.config.projector_tokens, model.config.projector_dim)
+
+
+def test_music_loads_the_decoder_when_first_asked(tiny_dir, tiny_model):
+    """A text-only load still renders music: render_music loads the decoder explicitly,
+    and the music equals that of a model loaded with its decoder."""
+    model = M2UGen.from_pretrained(tiny_dir, decoder=False)
+    hidden = torch.randn(8, model.config.llm_dim, generator=torch.Generator().manual_seed(0))
+    settings = MusicSettings(music="always", seconds=0.2, seed=3)
+    got = render_music(model, hidden, "", settings)
+    assert model.has_decoder
+    want = render_music(tiny_model, hidden, "", settings)
+    assert (got.waveform == want.waveform).all()
+
+
+def test_media_spec_is_read_before_the_weights(tiny_dir, tiny_model, any_tiny_model):
+    assert M2UGen.read_media_spec(tiny_dir) == tiny_model.media_spec
+    base = any_tiny_model.base_dir
+    assert M2UGen.read_media_spec(base) == any_tiny_model.media_spec
+
+
+def test_media_spec_follows_the_encoder_configs(tiny_dir, tmp_path):
+    """The spec comes from the encoders' own files: another frame count in the ViViT
+    config is what the spec says (a constant would not follow it)."""
+    cfg = json.loads((tiny_dir / "m2ugen.json").read_text())
+    vivit = tmp_path / "vivit"
+    vivit.mkdir()
+    raw = json.loads((tiny_dir / "vivit" / "config.json").read_text())
+    raw["num_frames"] = raw["num_frames"] * 2
+    (vivit / "config.json").write_text(json.dumps(raw))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    cfg.update(vivit=str(vivit), mert=str(tiny_dir / cfg["mert"]))
+    (model_dir / "m2ugen.json").write_text(json.dumps(cfg))
+    spec = M2UGen.read_media_spec(model_dir)
+    assert spec.num_frames == raw["num_frames"]
+
+
+def test_cond_shape_from_configs_is_the_loaded_decoders(any_tiny_model):
+    """The conditioning layout read from config files (info, convert, the tiny builder)
+    equals the one the loaded decoder reports."""
+    root = any_tiny_model.base_dir / any_tiny_model.config.decoder_path
+    shape = cond_shape_from_configs(
+        any_tiny_model.config.decoder,
+        lambda sub: json.loads((root / sub / "config.json").read_text()))
+    assert shape == any_tiny_model.decoder.cond_shape
+
+
+def test_directories_with_the_first_versions_projector_names_load(tiny_model, tmp_path):
+    """`projector.model.*` (before the rename to `projector.out`) still loads, to the same
+    values; an unknown name is still refused."""
+    out = tiny_model.save_pretrained(tmp_path / "old")
+    tensors = load_file(out / TRAINED_NAME)
+    old = {k.replace("projector.out.", "projector.model."): v for k, v in tensors.items()}
+    assert set(old) != set(tensors)  # the old names are really in the file
+    save_file(old, out / TRAINED_NAME)
+    loaded = M2UGen.from_pretrained(out, decoder=False)
+    assert torch.equal(loaded.projector.out.weight, tiny_model.projector.out.weight)
+    assert torch.equal(loaded.projector.out.bias, tiny_model.projector.out.bias)
+    save_file({**old, "projector.nonsense.weight": torch.zeros(1)}, out / TRAINED_NAME)
+    with pytest.raises(ConfigError, match="unexpected"):
+        M2UGen.from_pretrained(out, decoder=False)
+
+
+def test_current_name_maps_only_the_renamed():
+    assert RENAMED
+    assert current_name("projector.model.weight") == "projector.out.weight"
+    assert current_name("projector.model.bias") == "projector.out.bias"
+    assert current_name("llm.model.lm_head.trainable_tokens_delta") == \
+        "llm.model.lm_head.trainable_tokens_delta"
+    assert current_name("projector.model.layers.0.weight") == "projector.model.layers.0.weight"
