@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from datasets_gen.common.step import main
-from datasets_gen.common.steps import collect_audio_step
+from datasets_gen.common.runner import main
+from datasets_gen.common.shared_steps import collect_audio_step
 
 STEP = collect_audio_step()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets_gen.common.records import DatasetGenError, done_records
-from datasets_gen.common.step import Item, Processor, Skip, Step, main
+from datasets_gen.common.runner import Item, Processor, Skip, Step, main
 
 MUSIC_ROOT = "/m/04rlf"
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets_gen.common.records import Record, done_records, write_json
-from datasets_gen.common.step import main
-from datasets_gen.common.steps import caption_music_step
+from datasets_gen.common.runner import main
+from datasets_gen.common.shared_steps import caption_music_step
 
 
 def finalize(args: argparse.Namespace, records: dict[str, Record]) -> list[Path]:

@@ -20,11 +20,11 @@ import numpy as np
 
 from datasets_gen.common.embed import MusicEmbedder
 from datasets_gen.common.music_stats import MusicStats, analyse
-from datasets_gen.common.pairs import find_pairs
+from datasets_gen.common.pair_finder import find_pairs
 from datasets_gen.common.records import Record, done_records, write_json
-from datasets_gen.common.step import Item, Outcome, Processor, Step, main, resolve_device
+from datasets_gen.common.runner import Item, Outcome, Processor, Step, main, resolve_device
 from datasets_gen.common.trust import add_trust_flag
-from datasets_gen.MUEdit.edit_pairs import PAIRS
+from datasets_gen.MUEdit.pairs_file import PAIRS
 from m2ugen.media import load_audio
 
 

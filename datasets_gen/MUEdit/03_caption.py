@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 
 from datasets_gen.common.records import done_records
-from datasets_gen.common.step import Item, main
-from datasets_gen.common.steps import caption_music_step
-from datasets_gen.MUEdit.edit_pairs import read_pairs
+from datasets_gen.common.runner import Item, main
+from datasets_gen.common.shared_steps import caption_music_step
+from datasets_gen.MUEdit.pairs_file import read_pairs
 
 NAME = "03_caption"
 

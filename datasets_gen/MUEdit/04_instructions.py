@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets_gen.common.records import done_records
-from datasets_gen.common.step import Item, main, shard_of
-from datasets_gen.common.steps import instruction_step
-from datasets_gen.MUEdit.edit_pairs import read_pairs
+from datasets_gen.common.runner import Item, main, shard_of
+from datasets_gen.common.shared_steps import instruction_step
+from datasets_gen.MUEdit.pairs_file import read_pairs
 
 NAME = "04_instructions"
 OPERATIONS = ("add", "remove", "replace")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from datasets_gen.common.media_pairs import collect_pairs_step
-from datasets_gen.common.step import main
+from datasets_gen.common.pair_by_stem import collect_pairs_step
+from datasets_gen.common.runner import main
 
 STEP = collect_pairs_step("image")
 

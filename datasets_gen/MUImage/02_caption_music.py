@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from datasets_gen.common.step import main
-from datasets_gen.common.steps import caption_music_step
+from datasets_gen.common.runner import main
+from datasets_gen.common.shared_steps import caption_music_step
 
 STEP = caption_music_step("02_caption_music", "01_collect", path_field="output_path")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from datasets_gen.common.step import main
-from datasets_gen.common.steps import caption_media_step
+from datasets_gen.common.runner import main
+from datasets_gen.common.shared_steps import caption_media_step
 
 STEP = caption_media_step("03_caption_images", "01_collect", "image")
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets_gen.common.instruction_items import joined_items
-from datasets_gen.common.step import main
-from datasets_gen.common.steps import instruction_step
+from datasets_gen.common.runner import main
+from datasets_gen.common.shared_steps import instruction_step
 
 NAME = "04_instructions"
 STEP = instruction_step(NAME, "MUVideo", "video", Path(__file__).parent / "prompts",

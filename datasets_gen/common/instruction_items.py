@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from datasets_gen.common.records import done_records
-from datasets_gen.common.step import Item
+from datasets_gen.common.runner import Item
 
 
 def joined_items(step: str, music_step: str,

@@ -172,7 +172,8 @@ def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
                               projector_ffn=128, extra={"tiny_version": TINY_VERSION, "seed": seed},
                               **dims)
         config.save(root)
-        model = model_cls.from_pretrained(root, dtype=torch.float32, warn_untrained=False)
+        model = model_cls.from_pretrained(root, dtype=torch.float32, warn_untrained=False,
+                                          decoder=False)  # only its trained tensors are drawn
         _randomize_trained(model, seed)
         save_tensors(root / TRAINED_NAME, model.trained_parameters(),
                      metadata={"format": "m2ugen", "version": str(config.format_version)})

@@ -14,9 +14,9 @@ if str(ROOT) not in sys.path:  # datasets_gen lives beside the m2ugen package, n
     sys.path.insert(0, str(ROOT))
 
 from datasets_gen.common import music_stats as ms  # noqa: E402
-from datasets_gen.common.pairs import find_pairs, nearest_neighbours  # noqa: E402
+from datasets_gen.common.pair_finder import find_pairs, nearest_neighbours  # noqa: E402
 from datasets_gen.common.records import read_records  # noqa: E402
-from datasets_gen.common.step import Item, Skip, Step, main, shard_of  # noqa: E402
+from datasets_gen.common.runner import Item, Skip, Step, main, shard_of  # noqa: E402
 
 KEYS = [f"item{i:02d}" for i in range(20)]
 

@@ -24,7 +24,7 @@ from datasets_gen.common.collect import (
     youtube_unavailable,
 )
 from datasets_gen.common.records import DatasetGenError, Record, done_records, write_json
-from datasets_gen.common.step import Item, Outcome, Processor, Step, resolve_device
+from datasets_gen.common.runner import Item, Outcome, Processor, Step, resolve_device
 from datasets_gen.common.trust import add_trust_flag
 from m2ugen.media import AUDIO_EXTENSIONS, audio_duration
 

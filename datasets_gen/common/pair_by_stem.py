@@ -13,8 +13,8 @@ from typing import Any
 
 from datasets_gen.common.collect import by_stem, list_media
 from datasets_gen.common.records import DatasetGenError
-from datasets_gen.common.step import Item, Skip, Step
-from datasets_gen.common.steps import each
+from datasets_gen.common.runner import Item, Skip, Step
+from datasets_gen.common.shared_steps import each
 from m2ugen.media import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
