@@ -119,9 +119,13 @@ def test_from_pretrained_keyword_and_app_flag(tiny_dir, tmp_path, marker):
 
 
 def test_training_config_key_is_the_opt_in(tiny_dir, tmp_path, marker, capsys):
+    from m2ugen.data.synth import write_synthetic_dataset
+
     model = hostile_mert(tiny_dir, tmp_path, marker, "feature_extractor_cqt")
+    # valid data: the data is read first, so the model load is what fails
+    data = write_synthetic_dataset(tmp_path / "synth", n_audio=2, n_images=1, n_videos=1)
     base = ["cache-features", "--config", "configs/stage1.yaml", f"model={model}",
-            f"feature_cache={tmp_path / 'cache'}", "device=cpu"]
+            f"data={data}", f"feature_cache={tmp_path / 'cache'}", "device=cpu"]
     code, err = run(capsys, *base)
     assert code == 2 and one_line(err) and "trust_remote_code=true" in err
     code, err = run(capsys, *base, "trust_remote_code=maybe")
@@ -253,7 +257,7 @@ def test_datasets_gen_captioners_never_run_it_unasked(tmp_path, marker, monkeypa
 def test_every_model_loading_step_takes_the_flag():
     import importlib
 
-    from datasets_gen.common.step import parser_for
+    from datasets_gen.common.runner import parser_for
 
     steps = ["MUCaps.03_caption", "MUEdit.02_pairs", "MUEdit.03_caption",
              "MUEdit.04_instructions", "MUImage.02_caption_music", "MUImage.03_caption_images",
