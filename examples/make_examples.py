@@ -2,10 +2,7 @@
 
     python examples/make_examples.py [OUT_DIR]     (default: examples/media)
 
-- piano_120bpm.wav: a C-major arpeggio of decaying piano-like tones at 120 BPM, 6 s, 24 kHz
-- drums_90bpm.wav:  kick, snare and hi-hat at 90 BPM, 6 s, 24 kHz
-- sunset.png:       an orange sun over a purple sea, 256 × 192
-- shapes.mp4:       a red circle moving across a blue background, 2 s, 16 fps
+The generator is `m2ugen.examples.make_examples`; its docstring lists the files.
 """
 
 from __future__ import annotations
@@ -13,73 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import av
-import numpy as np
-import soundfile as sf
-from PIL import Image, ImageDraw
-
-SR = 24000
-
-
-def piano(seconds: float = 6.0, bpm: int = 120) -> np.ndarray:
-    beat = 60.0 / bpm
-    notes = [261.63, 329.63, 392.00, 523.25]  # C4 E4 G4 C5
-    out = np.zeros(int(seconds * SR), dtype=np.float32)
-    t = np.arange(int(beat * SR)) / SR
-    for k in range(int(seconds / beat)):
-        f = notes[k % len(notes)]
-        tone = sum(np.sin(2 * np.pi * f * h * t) / h for h in (1, 2, 3)) * np.exp(-3 * t)
-        start = int(k * beat * SR)
-        out[start:start + len(t)] += 0.3 * tone[: len(out) - start].astype(np.float32)
-    return out
-
-
-def drums(seconds: float = 6.0, bpm: int = 90, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    step = 60.0 / bpm / 2  # eighth notes
-    out = np.zeros(int(seconds * SR), dtype=np.float32)
-    t = np.arange(int(0.2 * SR)) / SR
-    kick = np.sin(2 * np.pi * (60 + 60 * np.exp(-20 * t)) * t) * np.exp(-12 * t)
-    snare = rng.standard_normal(len(t)) * np.exp(-20 * t) * 0.5
-    hat = rng.standard_normal(len(t)) * np.exp(-80 * t) * 0.2
-    for k in range(int(seconds / step)):
-        start = int(k * step * SR)
-        n = min(len(t), len(out) - start)
-        hit = hat + (kick if k % 4 == 0 else snare if k % 4 == 2 else 0)
-        out[start:start + n] += 0.5 * hit[:n].astype(np.float32)
-    return np.clip(out, -1, 1)
-
-
-def sunset() -> Image.Image:
-    img = Image.new("RGB", (256, 192), (40, 20, 70))
-    draw = ImageDraw.Draw(img)
-    for y in range(96):
-        draw.line([(0, y), (256, y)], fill=(250 - y, 120 + y // 2, 60 + y))
-    draw.ellipse([98, 50, 158, 110], fill=(255, 140, 0))
-    return img
-
-
-def shapes_video(path: Path, seconds: float = 2.0, fps: int = 16) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = Image.new("RGB", (128, 96), (20, 40, 200))
-            x = int(i * 96 / (seconds * fps))
-            ImageDraw.Draw(img).ellipse([x, 30, x + 32, 62], fill=(230, 20, 20))
-            frame = av.VideoFrame.from_image(img)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+from m2ugen.examples import make_examples
 
 
 def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    sf.write(out / "piano_120bpm.wav", piano(), SR)
-    sf.write(out / "drums_90bpm.wav", drums(), SR)
-    sunset().save(out / "sunset.png")
-    shapes_video(out / "shapes.mp4")
+    make_examples(out)
     print(f"wrote example media to {out}")
 
 

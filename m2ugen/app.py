@@ -3,18 +3,21 @@
 One :class:`AssistantApp` holds the loaded model; everything a visitor owns (their
 :class:`~m2ugen.chat.ChatSession`, the messages shown, the music made for them, a private
 folder for it) lives in a :class:`VisitorState` kept in `gr.State`, never in module
-globals (ORIGINAL_M2UGEN.md §5.5). The model's forward passes mutate injection state, so
-every event that runs the model shares one queue slot per loaded model (concurrency 1).
-Message handling is plain functions, testable without a browser.
+globals (ORIGINAL_M2UGEN.md §5.5). Generation state travels with each call (DESIGN.md §7,
+"Injection as a forward hook"), so one loaded model can serve several visitors at once:
+every event that runs the model shares one queue per loaded model, `Limits.concurrency`
+requests at a time (`m2ugen app --concurrency N`; default 1, since each request holds its
+own activations and KV cache). Message handling is plain functions, testable without a
+browser.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
 import numbers
-import os
 import shutil
 import socket
 import tempfile
@@ -23,14 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+import gradio as gr
 
-import gradio as gr  # noqa: E402
-
-from m2ugen.chat import ChatSession, GenerationSettings  # noqa: E402
-from m2ugen.checkpoint import TRAINED_NAME  # noqa: E402
-from m2ugen.conversation import Turn  # noqa: E402
-from m2ugen.errors import (  # noqa: E402
+from m2ugen.chat import ChatSession, GenerationSettings
+from m2ugen.checkpoint import TRAINED_NAME
+from m2ugen.conversation import Turn
+from m2ugen.errors import (
     ChatError,
     ConfigError,
     M2UGenError,
@@ -38,9 +39,9 @@ from m2ugen.errors import (  # noqa: E402
     check_number,
     check_seed,
 )
-from m2ugen.media import guess_modality, load_audio, load_image, load_video, save_audio  # noqa: E402
-from m2ugen.model import M2UGen  # noqa: E402
-from m2ugen.music import MUSIC_MODES, MusicSettings  # noqa: E402
+from m2ugen.media import MediaSpec, guess_modality, load_media, save_audio
+from m2ugen.model import M2UGen
+from m2ugen.music import MUSIC_MODES, MusicSettings
 
 log = logging.getLogger("m2ugen")
 
@@ -48,19 +49,18 @@ TITLE = "M2UGen — chat about music, make music from text, images or video"
 TINY_NOTICE = (
     "**This is the tiny smoke-test model: random, untrained weights.** Its text is gibberish "
     "and its music is noise; it only shows that every code path works. README.md → "
-    "*Real weights* explains how to run a trained model (`python gradio_app.py --model DIR`)."
+    "*Real weights* explains how to run a trained model (`m2ugen app --model DIR`)."
 )
 UNTRAINED_NOTICE = (
     "**This model has no trained tensors (adapters, gates, projector)**: it ignores your "
     "media. README.md → *Real weights* explains where trained weights come from."
 )
-EXAMPLES = (  # (prompt, file in examples/media or None)
+EXAMPLES = (  # (prompt, file in the examples folder or None): m2ugen.examples writes them
     ("Compose music that matches the mood of this picture.", "sunset.png"),
     ("Describe this music: instruments, tempo and mood.", "piano_120bpm.wav"),
     ("Write a soundtrack for this video.", "shapes.mp4"),
     ("Compose a calm piano piece for a rainy evening.", None),
 )
-_DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "media"
 # The settings sliders: field → (label, minimum, maximum). The panel is built from it and
 # make_settings enforces the same ranges, since the API can send any JSON value.
 SLIDERS: dict[str, tuple[str, float, float]] = {
@@ -98,6 +98,7 @@ class Limits:
     max_upload_mb: float = 200.0
     max_audio_seconds: float = 300.0
     max_video_seconds: float = 600.0
+    concurrency: int = 1  # requests one loaded model serves at once (the chat event's limit)
 
 
 def parse_message(value: dict[str, Any] | str | None) -> tuple[str, list[Attachment]]:
@@ -129,19 +130,13 @@ def check_size(path: Path, max_mb: float) -> None:
                          "limit; send a shorter or smaller file")
 
 
-def load_attachments(model: M2UGen, files: Sequence[Attachment], limits: Limits) -> dict[str, Any]:
-    """Load each attachment with the m2ugen loaders → {"audio"|"image"|"video": data}."""
+def load_attachments(files: Sequence[Attachment], spec: MediaSpec,
+                     max_upload_mb: float) -> dict[str, Any]:
+    """Load each attachment as `spec` asks (`load_media`) → {"audio"|"image"|"video": data}."""
     media: dict[str, Any] = {}
     for a in files:
-        check_size(a.path, limits.max_upload_mb)
-        if a.modality == "audio":
-            media["audio"] = load_audio(a.path, sr=model.encoders["audio"].sample_rate,
-                                        max_seconds=limits.max_audio_seconds)
-        elif a.modality == "image":
-            media["image"] = load_image(a.path)
-        else:
-            media["video"] = load_video(a.path, num_frames=model.encoders["video"].num_frames,
-                                        max_seconds=limits.max_video_seconds)
+        check_size(a.path, max_upload_mb)
+        media[a.modality] = load_media(a.modality, a.path, spec)
     return media
 
 
@@ -210,12 +205,18 @@ class AssistantApp:
                  media_root: Path | None = None) -> None:
         self.model = model
         self.limits = limits or Limits()
+        self.concurrency = check_number(self.limits.concurrency, "concurrency", integer=True,
+                                        minimum=1)
+        # the model's encoders' needs, within the app's length limits
+        self.media_spec = dataclasses.replace(
+            model.media_spec, max_audio_seconds=self.limits.max_audio_seconds,
+            max_video_seconds=self.limits.max_video_seconds)
         # Generated music goes under Gradio's temp dir, which it may serve from.
         parent = Path(media_root or gr.utils.get_upload_folder())
         parent.mkdir(parents=True, exist_ok=True)
         self._media_root = tempfile.TemporaryDirectory(prefix="m2ugen-app-", dir=parent)
         self.media_root = Path(self._media_root.name)
-        # one queue slot per loaded model: forward passes set injection state on it
+        # every event that runs the model joins this queue: `concurrency` requests at a time
         self.concurrency_id = f"m2ugen-model-{id(model)}"
 
     @property
@@ -265,11 +266,10 @@ class AssistantApp:
         try:
             gen, mus = make_settings(temperature, top_p, max_new_tokens, music, seconds,
                                      guidance, steps, condition, seed)
-            media = load_attachments(self.model, files, self.limits)
+            media = load_attachments(files, self.media_spec, self.limits.max_upload_mb)
             if not files and state.last_music is not None:
                 # an edit follow-up: the music this visitor was just given is the input
-                media["audio"] = load_audio(state.last_music,
-                                            sr=self.model.encoders["audio"].sample_rate)
+                media["audio"] = load_media("audio", state.last_music, self.media_spec)
                 shown.append({"role": "assistant",
                               "content": "Editing the music of my last reply.",
                               "metadata": {"title": "🎼 input: previous music"}})
@@ -365,14 +365,16 @@ def _examples(examples_dir: Path) -> list[dict[str, Any]]:
         elif (examples_dir / name).is_file():
             out.append({"text": prompt, "files": [str(examples_dir / name)]})
         else:
-            log.warning("example %s missing: run `python examples/make_examples.py`", name)
+            log.warning("example %s missing from %s (m2ugen.examples.make_examples writes "
+                        "them)", name, examples_dir)
     return out
 
 
 def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
               trust_remote_code: bool = False, limits: Limits | None = None,
-              examples_dir: Path | None = _DEFAULT_EXAMPLES_DIR) -> gr.Blocks:
-    """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen).
+              examples_dir: Path | None = None) -> gr.Blocks:
+    """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen);
+    `examples_dir` holds the media of the examples offered (None: no examples).
 
     The AssistantApp is kept on the returned Blocks as `.assistant`.
     """
@@ -382,7 +384,8 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
         model.llm.merge_for_inference()  # generation only: fold LoRA in
     app = AssistantApp(model, limits)
     # delete_cache: Gradio's copies of uploads and music older than a day, checked daily
-    with gr.Blocks(title="M2UGen", delete_cache=(86400, 86400)) as demo:
+    with gr.Blocks(title="M2UGen", delete_cache=(86400, 86400),
+                   analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}")
         if app.notice:
             gr.Markdown(app.notice, elem_id="model-notice")
@@ -403,7 +406,8 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
         # uploads are still moved into gradio's cache and checked before the handler runs
         submit = textbox.submit(
             app.respond, [textbox, state, *settings], [chatbot, textbox, state],
-            api_name="chat", concurrency_limit=1, concurrency_id=app.concurrency_id,
+            api_name="chat", concurrency_limit=app.concurrency,
+            concurrency_id=app.concurrency_id,
             show_progress="minimal", preprocess=False)
         stop.click(None, cancels=[submit])
         new_chat.click(app.reset, [state], [chatbot, state], cancels=[submit],
@@ -448,7 +452,7 @@ def _port_error(host: str, port: int, e: OSError) -> ConfigError:
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           max_upload_mb: float = 200.0, examples_dir: Path | None = _DEFAULT_EXAMPLES_DIR,
+           max_upload_mb: float = 200.0, examples_dir: Path | None = None,
            **kwargs: Any) -> Any:
     """Serve `demo`: loopback only and no public link unless asked. A port that cannot be
     listened on is a ConfigError."""

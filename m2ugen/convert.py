@@ -1,4 +1,4 @@
-"""`m2ugen convert-original`: a published M2UGen `checkpoint.pth` → our model directory.
+"""A published M2UGen `checkpoint.pth` → our model directory (`m2ugen convert-original`).
 
 The published file pickles the WHOLE model (ORIGINAL_M2UGEN.md §1, §4). Only the trained
 tensors are kept, renamed to our stable names (`M2UGen.trained_parameters()`); the frozen
@@ -371,36 +371,3 @@ def _musicgen_preset(state: dict[str, torch.Tensor]) -> M2UGenConfig:
     if key in state and state[key].shape[0] == 1536:
         return presets.musicgen_medium()
     return presets.musicgen_small()
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    report = convert(args.checkpoint, args.out, decoder=args.decoder, llm=args.llm,
-                     tokenizer=args.tokenizer, mert=args.mert, vit=args.vit, vivit=args.vivit,
-                     decoder_path=args.decoder_path, skip_checks=args.skip_checks,
-                     force=args.force)
-    print(report.format())
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `m2ugen convert-original`."""
-    p = sub.add_parser("convert-original",
-                       help="convert a published M2UGen checkpoint.pth to a model directory")
-    p.add_argument("checkpoint", type=Path, help="the published checkpoint.pth")
-    p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--decoder", choices=["musicgen", "audioldm2"], default=None,
-                   help="decoder kind (default: detected from the projector's shape)")
-    p.add_argument("--llm", help="LLaMA-2 hub id, HF dir or Meta-format dir "
-                                 "(default meta-llama/Llama-2-7b-hf)")
-    p.add_argument("--tokenizer", help="tokenizer of the LLM (default: the --llm one)")
-    p.add_argument("--mert", help="MERT hub id or dir (default m-a-p/MERT-v1-330M)")
-    p.add_argument("--vit", help="ViT hub id or dir (default google/vit-base-patch16-224)")
-    p.add_argument("--vivit", help="ViViT hub id or dir (default google/vivit-b-16x2-kinetics400)")
-    p.add_argument("--decoder-path", help="MusicGen / AudioLDM2 hub id or dir")
-    p.add_argument("--force", action="store_true",
-                   help="write into a non-empty directory that is not an m2ugen model "
-                        "directory (only the model's own files are written; nothing else "
-                        "there is touched)")
-    p.add_argument("--skip-checks", action="store_true",
-                   help="do not read the components' configs to check sizes (offline use)")
-    p.set_defaults(func=cmd_convert)

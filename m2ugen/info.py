@@ -7,7 +7,6 @@ shapes) are also what `m2ugen convert-original` checks a checkpoint against.
 
 from __future__ import annotations
 
-import argparse
 import json
 import struct
 from collections import Counter
@@ -155,18 +154,3 @@ def describe(directory: str | Path) -> str:
     if c.extra_token_rows:
         lines.append(f"  ({len(c.extra_token_rows)} base-vocabulary token rows are trained too)")
     return "\n".join(lines)
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    path = Path(args.dir)
-    if not path.is_dir():
-        raise ConfigError(f"{path}: not a model directory")
-    print(describe(path))
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `m2ugen info`."""
-    p = sub.add_parser("info", help="show a model directory's components and trained tensors")
-    p.add_argument("dir", help="model directory")
-    p.set_defaults(func=cmd_info)

@@ -437,22 +437,30 @@ def _decode_video(p: Path, num_frames: int, max_seconds: float | None) -> np.nda
 @dataclass(frozen=True)
 class MediaSpec:
     """What a model's encoders take: audio at `sample_rate` Hz, videos as `num_frames`
-    frames (`M2UGen.media_spec`). Images need nothing: the processor resizes them."""
+    frames (`M2UGen.media_spec`). Images need nothing: the processor resizes them.
+
+    The length limits (seconds; None: none) refuse longer files rather than cut them; a
+    face narrows them with `dataclasses.replace` (the app: its upload limits).
+    """
 
     sample_rate: int
     num_frames: int
+    max_audio_seconds: float | None = 600.0
+    max_video_seconds: float | None = 3600.0
 
 
 def load_media(modality: str, source: Any, spec: MediaSpec) -> Any:
     """One entry for every face: a path (str or Path) is loaded the way `spec` asks for
-    (audio resampled to the encoder's rate, `num_frames` video frames, RGB images); an
-    already loaded value (waveform array, PIL image, frame array) is returned as is."""
+    (audio resampled to the encoder's rate, `num_frames` video frames, RGB images, each
+    within the spec's length limits); an already loaded value (waveform array, PIL image,
+    frame array) is returned as is."""
     if not isinstance(source, (str, os.PathLike)):
         return source
     if modality == "audio":
-        return load_audio(source, sr=spec.sample_rate)
+        return load_audio(source, sr=spec.sample_rate, max_seconds=spec.max_audio_seconds)
     if modality == "image":
         return load_image(source)
     if modality == "video":
-        return load_video(source, num_frames=spec.num_frames)
+        return load_video(source, num_frames=spec.num_frames,
+                          max_seconds=spec.max_video_seconds)
     raise MediaError(f"{modality!r} is not a modality; use audio, image or video")

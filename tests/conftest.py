@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -76,11 +75,21 @@ def any_tiny_model(request):
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> Path:
-    """The repo's example media, written by examples/make_examples.py into a temp dir."""
-    script = Path(__file__).resolve().parent.parent / "examples" / "make_examples.py"
-    spec = importlib.util.spec_from_file_location("make_examples", script)
+    """The app's example media (m2ugen.examples, as `make examples` writes) in a temp dir."""
+    from m2ugen.examples import make_examples
+
+    out = tmp_path_factory.mktemp("media")
+    make_examples(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gradio_app():
+    """The root launcher `gradio_app.py` as a module (its `main(argv)` is the face under test)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "gradio_app.py"
+    spec = importlib.util.spec_from_file_location("gradio_app_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("media")
-    module.main(out)
-    return out
+    return module

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import socket
+import threading
 from typing import Any
 
 import numpy as np
@@ -11,9 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
-
-from m2ugen.app import (  # noqa: E402
+from m2ugen.app import (
     TINY_NOTICE,
     AssistantApp,
     Limits,
@@ -24,8 +22,8 @@ from m2ugen.app import (  # noqa: E402
     make_settings,
     parse_message,
 )
-from m2ugen.errors import ChatError, MediaError  # noqa: E402
-from m2ugen.media import load_audio  # noqa: E402
+from m2ugen.errors import ChatError, ConfigError, MediaError
+from m2ugen.media import load_audio
 
 SETTINGS: dict[str, Any] = dict(temperature=0.6, top_p=0.8, max_new_tokens=24, music="always",
                                 seconds=1, guidance=3.5, steps=0, condition="embedding", seed=0)
@@ -126,14 +124,15 @@ def test_music_never_and_auto_without_tokens(app):
     assert len(state.session.history) == 1
 
 
-@pytest.mark.parametrize("case", ["unsupported", "corrupt", "too-large", "too-long", "empty",
-                                  "bad-setting"])
+@pytest.mark.parametrize("case", ["unsupported", "corrupt", "too-large", "too-long",
+                                  "too-long-video", "empty", "bad-setting"])
 def test_bad_input_becomes_a_chat_message_and_the_session_goes_on(app, media,
                                                                  tmp_path, case):
     message: dict[str, Any] = {"text": "What is this?", "files": []}
     overrides: dict[str, Any] = {}
     expect = {"unsupported": "unknown media extension", "corrupt": "cannot decode image",
               "too-large": "upload limit", "too-long": "over the 2 s limit",
+              "too-long-video": "video is 2.0 s long, over the 1 s limit",
               "empty": "the message is empty", "bad-setting": "top_p"}[case]
     limits = Limits(max_audio_seconds=30)
     if case == "unsupported":
@@ -148,6 +147,9 @@ def test_bad_input_becomes_a_chat_message_and_the_session_goes_on(app, media,
     elif case == "too-long":
         message["files"] = [str(media / "piano_120bpm.wav")]  # 6 s
         limits = Limits(max_audio_seconds=2)
+    elif case == "too-long-video":
+        message["files"] = [str(media / "shapes.mp4")]  # 2 s
+        limits = Limits(max_video_seconds=1)
     elif case == "empty":
         message["text"] = "   "
     else:
@@ -194,6 +196,82 @@ def test_reset_and_discard_remove_the_visitors_files(app):
     assert shown == [] and fresh.session.history == [] and not state.workdir.exists()
     app.discard_state(fresh)
     assert not fresh.workdir.exists()
+
+
+def test_attachments_load_with_the_models_spec_within_the_apps_limits(tiny_model, tmp_path):
+    app = AssistantApp(tiny_model, Limits(max_audio_seconds=7, max_video_seconds=9),
+                       media_root=tmp_path)
+    spec = tiny_model.media_spec
+    assert (app.media_spec.sample_rate, app.media_spec.num_frames) == (spec.sample_rate,
+                                                                        spec.num_frames)
+    assert (app.media_spec.max_audio_seconds, app.media_spec.max_video_seconds) == (7, 9)
+
+
+def test_two_visitors_at_once_get_the_replies_they_get_alone(tiny_model, media, tmp_path):
+    """Concurrency 2: the model serves two visitors at the same time (generation state
+    travels with each call). Their messages, streamed step against step from two threads,
+    get exactly the text and music each gets alone."""
+    app = AssistantApp(tiny_model, Limits(max_audio_seconds=30, concurrency=2),
+                       media_root=tmp_path)
+    jobs = [({"text": "Make music for this picture.", "files": [str(media / "sunset.png")]}, 11),
+            ({"text": "Describe this music.", "files": [str(media / "piano_120bpm.wav")]}, 12)]
+
+    def visit(i: int, barrier: threading.Barrier | None = None):
+        message, seed = jobs[i]
+        updates: list[Any] = []
+        for update in app.respond(message, None, **{**SETTINGS, "temperature": 0.9,
+                                                    "seed": seed}):
+            updates.append(update)
+            if barrier is not None:  # one update each at a time: the two replies interleave
+                try:
+                    barrier.wait(timeout=5)
+                except threading.BrokenBarrierError:
+                    pass  # the other visitor's reply ended first
+        shown, _, state = updates[-1]
+        assert state.session.history  # the reply went through the model
+        return texts(shown), [sf.read(path)[0] for path in audio_paths(shown)]
+
+    alone = [visit(0), visit(1)]
+    assert alone[0][0] != alone[1][0] and all(music for _, music in alone)
+    barrier = threading.Barrier(2)
+    together: list = [None, None]
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            together[i] = visit(i, barrier)
+        except Exception as e:  # reported below: a thread's exception would vanish
+            errors.append(e)
+        finally:
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for (text, music), (text_together, music_together) in zip(alone, together, strict=True):
+        assert text_together == text
+        assert len(music_together) == len(music)
+        for a, b in zip(music, music_together, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def _chat_event(demo):
+    [event] = [fn for fn in demo.fns.values() if fn.api_name == "chat"]
+    return event
+
+
+def test_the_chat_event_serves_concurrency_requests_per_model(tiny_model, tmp_path):
+    demo = build_app(tiny_model, limits=Limits(concurrency=2))
+    event = _chat_event(demo)
+    assert event.concurrency_limit == 2
+    assert event.concurrency_id == demo.assistant.concurrency_id == f"m2ugen-model-{id(tiny_model)}"
+    assert demo.analytics_enabled is False  # no telemetry, without editing os.environ
+    assert _chat_event(build_app(tiny_model)).concurrency_limit == 1  # the default
+    with pytest.raises(ConfigError, match="concurrency must be an integer >= 1, got 0"):
+        AssistantApp(tiny_model, Limits(concurrency=0), media_root=tmp_path)
 
 
 def test_gradio_client_drives_the_chat_endpoint(tiny_model, media):

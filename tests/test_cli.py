@@ -112,3 +112,137 @@ def test_wrong_kind_of_attachment_and_unwritable_paths(tmp_path, media, capsys):
     code, _, err = _run(capsys, "synth-data", str(blocker / "data"))
     assert code == 2 and err.count("\n") == 1 and str(blocker) in err
     assert "Traceback" not in err
+
+
+def test_attachments_are_decoded_with_the_models_spec_before_it_loads(tiny_dir, tiny_model,
+                                                                      media, tmp_path,
+                                                                      monkeypatch, capsys):
+    """A bad file costs a second, not a model load: each attachment goes through the one
+    media entry with the spec read from the model's config files, then the model loads —
+    and what reaches the model is exactly what its own `media_spec` would have loaded."""
+    import numpy as np
+
+    from m2ugen import media as media_module
+    from m2ugen.chat import ChatSession
+    from m2ugen.model import M2UGen
+
+    events: list[str] = []
+    real_load, real_media = M2UGen.from_pretrained.__func__, media_module.load_media
+    monkeypatch.setattr(M2UGen, "from_pretrained", classmethod(
+        lambda cls, *a, **k: events.append("model") or real_load(cls, *a, **k)))
+    monkeypatch.setattr(media_module, "load_media",
+                        lambda m, path, spec: events.append(m) or real_media(m, path, spec))
+    seen: dict = {}
+    real_stream = ChatSession.stream
+
+    def stream(self, message, **kwargs):
+        seen.update({k: kwargs[k] for k in ("audio", "image", "video") if k in kwargs})
+        return real_stream(self, message, **kwargs)
+
+    monkeypatch.setattr(ChatSession, "stream", stream)
+    song, clip = media / "piano_120bpm.wav", media / "shapes.mp4"
+    code, _, err = _run(capsys, "chat", "--model", str(tiny_dir), "--audio", str(song),
+                        "--video", str(clip), "--music", "never", "--max-new-tokens", "2", "hi")
+    assert code == 0, err
+    assert events == ["audio", "video", "model"]
+    spec = tiny_model.media_spec
+    np.testing.assert_array_equal(seen["audio"], real_media("audio", song, spec))
+    np.testing.assert_array_equal(seen["video"], real_media("video", clip, spec))
+
+    # a file that does not decode: one line, and the model never loads
+    events.clear()
+    bad = tmp_path / "not-really.wav"
+    bad.write_bytes(b"RIFF garbage")
+    code, _, err = _run(capsys, "chat", "--model", str(tiny_dir), "--audio", str(bad), "hi")
+    assert code == 2 and "cannot decode audio" in err and events == ["audio"]
+
+
+def test_python_dash_m_cli_runs_the_commands(tmp_path):
+    """`python -m m2ugen.cli` (the package's __main__; torchrun launches training so)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "m2ugen.cli", "--help"], capture_output=True,
+                        text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and "usage: m2ugen" in ok.stdout
+    for command in ("make-tiny", "chat", "app", "train", "cache-features", "synth-data",
+                    "convert-original", "info"):
+        assert command in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "m2ugen.cli", "info", str(tmp_path / "no")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr == f"m2ugen: error: {tmp_path / 'no'}: not a " \
+                                                 "model directory\n"
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """`m2ugen app` with build_app and launch recorded instead of run."""
+    import m2ugen.app
+
+    calls: dict = {}
+    monkeypatch.setattr(m2ugen.app, "build_app",
+                        lambda model, **kw: calls.setdefault("build", (model, kw)) and "demo")
+    monkeypatch.setattr(m2ugen.app, "launch",
+                        lambda demo, **kw: calls.setdefault("launch", (demo, kw)))
+    return calls
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_command_passes_every_option_and_writes_the_examples(served, tmp_path, capsys):
+    from m2ugen.app import Limits
+    from m2ugen.examples import NAMES
+
+    examples, port = tmp_path / "examples", _free_port()
+    code, out, err = _run(capsys, "app", "--model", "my-model", "--device", "cpu", "--port",
+                          str(port), "--share", "--max-upload-mb", "5", "--concurrency", "3",
+                          "--examples-dir", str(examples), "--trust-remote-code")
+    assert code == 0, err
+    assert sorted(p.name for p in examples.iterdir()) == sorted(NAMES)  # written: it was missing
+    assert f"wrote example media to {examples}" in out
+    model, kw = served["build"]
+    assert model == "my-model" and kw == {
+        "device": "cpu", "trust_remote_code": True, "examples_dir": examples,
+        "limits": Limits(max_upload_mb=5.0, concurrency=3)}
+    assert served["launch"] == ("demo", {"host": "127.0.0.1", "port": port, "share": True,
+                                         "max_upload_mb": 5.0, "examples_dir": examples})
+
+
+def test_app_command_defaults_and_an_existing_examples_dir_is_left_alone(served, tmp_path,
+                                                                        capsys):
+    from m2ugen.app import Limits
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code, out, _ = _run(capsys, "app", "--examples-dir", str(mine), "--port", str(_free_port()))
+    assert code == 0 and list(mine.iterdir()) == [] and "wrote" not in out
+    model, kw = served["build"]
+    assert model == "tiny" and kw["limits"] == Limits() and kw["limits"].concurrency == 1
+    assert not kw["trust_remote_code"] and served["launch"][1]["share"] is False
+    served.clear()
+    assert _run(capsys, "app", "--port", str(_free_port()))[0] == 0
+    assert served["build"][1]["examples_dir"] is None  # the package reaches for no folder
+
+
+def test_gradio_app_is_m2ugen_app_with_the_repos_examples(gradio_app, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(gradio_app, "m2ugen_main", lambda argv: calls.append(argv) or 0)
+    assert gradio_app.main(["--port", "7861", "--concurrency", "2"]) == 0
+    repo = Path(gradio_app.__file__).resolve().parent
+    assert calls == [["app", "--examples-dir", str(repo / "examples" / "media"), "--port",
+                      "7861", "--concurrency", "2"]]
+
+
+def test_importing_the_launcher_edits_neither_environment_nor_sys_path():
+    code = ("import os, sys, importlib.util as u; env, path = dict(os.environ), list(sys.path); "
+            "s = u.spec_from_file_location('g', 'gradio_app.py'); "
+            "s.loader.exec_module(u.module_from_spec(s)); "
+            "print(env == dict(os.environ), path == sys.path)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
+    assert out == ["True", "True"]

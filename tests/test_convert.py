@@ -4,7 +4,6 @@ published math (ORIGINAL_M2UGEN.md §3, §4) written out here with Meta-layout w
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -17,7 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from m2ugen.convert import add_parser, convert
+from m2ugen.cli import build_parser
+from m2ugen.convert import convert
 from m2ugen.errors import ConfigError
 from m2ugen.modules.meta_llama import permute_to_meta
 
@@ -215,10 +215,8 @@ def _components(tiny_dir: Path) -> dict[str, str]:
 
 
 def _run_cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = p.parse_args(argv)
+    """`m2ugen ARGV` through the CLI's parser, its errors raised rather than printed."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
+from m2ugen.cli import build_parser
 from m2ugen.errors import ConfigError
-from m2ugen.info import add_parser, count_params, read_config
+from m2ugen.info import count_params, read_config
 from m2ugen.modules.encoders import encoder_features
 
 
 def _run(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = p.parse_args(argv)
+    """`m2ugen ARGV` through the CLI's parser, its errors raised rather than printed."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

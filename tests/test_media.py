@@ -8,6 +8,7 @@ import struct
 import sys
 import warnings
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -18,10 +19,12 @@ from PIL import Image
 
 from m2ugen.errors import MediaError
 from m2ugen.media import (
+    MediaSpec,
     audio_duration,
     guess_modality,
     load_audio,
     load_image,
+    load_media,
     load_video,
     save_audio,
 )
@@ -440,3 +443,25 @@ def test_guess_modality_unknown() -> None:
         guess_modality("notes.txt")
     with pytest.raises(MediaError, match=r"README.*\(none\)"):
         guess_modality("README")
+
+
+# ----------------------------------------------------------------------------- load_media
+
+
+def test_load_media_follows_the_spec_and_its_length_limits(tmp_path: Path) -> None:
+    wav, clip = tmp_path / "two.wav", tmp_path / "clip.mp4"
+    sf.write(wav, _sine(16000, 2.0), 16000)
+    _write_video(clip, n_frames=20, fps=10)  # 2 s
+    spec = MediaSpec(sample_rate=8000, num_frames=4)
+    assert (spec.max_audio_seconds, spec.max_video_seconds) == (600.0, 3600.0)  # the loaders'
+    assert load_media("audio", wav, spec).shape == (16000,)
+    assert load_media("video", str(clip), spec).shape == (4, 48, 64, 3)
+    assert load_media("image", spec, spec) is spec  # a loaded value passes through
+    with _raises(wav, "2.0 s", "over the 1.5 s limit"):
+        load_media("audio", wav, replace(spec, max_audio_seconds=1.5))
+    with _raises(clip, "video is 2.0 s", "over the 1.5 s limit"):
+        load_media("video", clip, replace(spec, max_video_seconds=1.5))
+    unlimited = replace(spec, max_audio_seconds=None, max_video_seconds=None)
+    assert load_media("audio", wav, unlimited).shape == (16000,)
+    with pytest.raises(MediaError, match="'text' is not a modality"):
+        load_media("text", wav, spec)

@@ -30,9 +30,8 @@ from m2ugen.media import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
-    load_audio,
-    load_image,
-    load_video,
+    MediaSpec,
+    load_media,
 )
 
 MODALITIES = ("audio", "image", "video")
@@ -62,7 +61,9 @@ _SLOT_EXTENSIONS = {
     "video": VIDEO_EXTENSIONS,
 }
 _CAPTION_SLOT = {"mucaps": "audio", "image_captions": "image", "video_captions": "video"}
-_DECODE_SR = 24_000  # MERT's rate; only used to prove the audio decodes
+# only proves a file decodes: MERT's rate, two frames, no length limit
+_DECODE_SPEC = MediaSpec(sample_rate=24_000, num_frames=2, max_audio_seconds=None,
+                         max_video_seconds=None)
 
 
 @dataclass(frozen=True)
@@ -211,12 +212,7 @@ class _Reader:
             return f"extension {path.suffix or '(none)'!r} is not {slot}; use one of {accepted}"
         if self.decode:
             try:
-                if slot == "audio":
-                    load_audio(path, sr=_DECODE_SR, max_seconds=None)
-                elif slot == "image":
-                    load_image(path)
-                else:
-                    load_video(path, num_frames=2, max_seconds=None)
+                load_media(slot, path, _DECODE_SPEC)
             except MediaError as e:
                 return f"cannot decode: {e}"
         return None

@@ -12,7 +12,6 @@ them can be checked. Same seed -> byte-identical JSON and WAV files.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from m2ugen.checkpoint import atomic_path, atomic_write_text
-from m2ugen.errors import ConfigError, check_number, check_seed
+from m2ugen.errors import ConfigError
 from m2ugen.media import save_audio
 
 SR = 24_000
@@ -380,26 +379,3 @@ def write_synthetic_dataset(out: Path, seed: int = 0, n_audio: int = 12, n_image
     """Write a small dataset in every format under `out`; return `out/dataset.yaml`."""
     return synthesize(out, seed=seed, n_audio=n_audio, n_images=n_images,
                       n_videos=n_videos)[0]
-
-
-def cmd_synth_data(args: argparse.Namespace) -> int:
-    check_seed(args.seed, "--seed")
-    for flag in ("n_audio", "n_images", "n_videos"):  # files are written per item: a bound
-        check_number(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True,
-                     minimum=1, maximum=MAX_ITEMS)
-    spec, counts = synthesize(args.out, seed=args.seed, n_audio=args.n_audio,
-                              n_images=args.n_images, n_videos=args.n_videos)
-    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
-    print(f"wrote {spec} (records: {summary})")
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `m2ugen synth-data OUT [--seed N] [--n-audio N] [--n-images N] [--n-videos N]`."""
-    p = sub.add_parser("synth-data", help="write a small synthetic dataset in every format")
-    p.add_argument("out", type=Path, help="output directory (gets dataset.yaml)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-audio", type=int, default=12, help="music clips")
-    p.add_argument("--n-images", type=int, default=6, help="images")
-    p.add_argument("--n-videos", type=int, default=4, help="videos")
-    p.set_defaults(func=cmd_synth_data)

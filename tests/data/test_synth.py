@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -11,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from m2ugen.cli import build_parser
 from m2ugen.data.formats import FORMATS, read_dataset
 from m2ugen.data.spec import collect, load_spec, read_stage
-from m2ugen.data.synth import COLOURS, SR, add_parser, write_synthetic_dataset
+from m2ugen.data.synth import COLOURS, SR, write_synthetic_dataset
 from m2ugen.errors import ConfigError
 from m2ugen.media import load_audio, load_video
 
@@ -164,9 +164,7 @@ def test_configs_copy_matches_the_written_spec(synth: Path) -> None:
 
 
 def test_cli_sub_command(tmp_path: Path, capsys) -> None:
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["synth-data", str(tmp_path / "out"), "--seed", "1",
+    args = build_parser().parse_args(["synth-data", str(tmp_path / "out"), "--seed", "1",
                               "--n-audio", "2", "--n-images", "1", "--n-videos", "1"])
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip()

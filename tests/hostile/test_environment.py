@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-from m2ugen.cli import main  # noqa: E402
-from m2ugen.errors import ConfigError, M2UGenError  # noqa: E402
+from m2ugen.cli import main
+from m2ugen.errors import ConfigError, M2UGenError
 
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

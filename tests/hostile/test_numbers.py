@@ -7,18 +7,15 @@ traceback (NaN in particular: `nan > 0` is False, so range checks alone let it t
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-from m2ugen.chat import GenerationSettings  # noqa: E402
-from m2ugen.cli import main  # noqa: E402
-from m2ugen.errors import ChatError, ConfigError, M2UGenError  # noqa: E402
-from m2ugen.music import MusicSettings  # noqa: E402
+from m2ugen.chat import GenerationSettings
+from m2ugen.cli import main
+from m2ugen.errors import ChatError, ConfigError, M2UGenError
+from m2ugen.music import MusicSettings
 
 NAN, INF = float("nan"), float("inf")
 REPO = Path(__file__).resolve().parents[2]
@@ -79,12 +76,14 @@ def test_other_commands_numbers(tmp_path, capsys, argv, flag):
     assert not (tmp_path / "t").exists() and not (tmp_path / "d").exists()  # refused first
 
 
-# ---- gradio_app.py ---------------------------------------------------------------------
+# ---- gradio_app.py (= m2ugen app) --------------------------------------------------------
 @pytest.mark.parametrize("argv, flag", [
     (["--port", "0"], "--port"), (["--port", "70000"], "--port"), (["--port", "-1"], "--port"),
     (["--max-upload-mb", "nan"], "--max-upload-mb"), (["--max-upload-mb", "0"], "--max-upload-mb"),
     (["--max-upload-mb", "-5"], "--max-upload-mb"), (["--max-upload-mb", "inf"], "--max-upload-mb"),
     (["--port", "http"], "--port"),
+    (["--concurrency", "0"], "--concurrency"), (["--concurrency", "-2"], "--concurrency"),
+    (["--concurrency", "1.5"], "--concurrency"), (["--concurrency", "nan"], "--concurrency"),
 ])
 def test_app_launcher_numbers(gradio_app, capsys, argv, flag):
     with pytest.raises(SystemExit) as exit_:  # argparse's own refusal exits

@@ -101,8 +101,8 @@ def test_auto_map_alone_loads_natively_and_runs_nothing(tiny_dir, tmp_path, mark
 
 
 def test_from_pretrained_keyword_and_app_flag(tiny_dir, tmp_path, marker):
-    import gradio_app
     from m2ugen.app import build_app
+    from m2ugen.cli import build_parser
     from m2ugen.model import M2UGen
 
     model = hostile_mert(tiny_dir, tmp_path, marker, "deepnorm")
@@ -111,8 +111,9 @@ def test_from_pretrained_keyword_and_app_flag(tiny_dir, tmp_path, marker):
     with pytest.raises(ConfigError, match="--trust-remote-code"):
         build_app(model, examples_dir=None)
     assert not marker.exists()
-    assert gradio_app.parse_args(["--trust-remote-code"]).trust_remote_code
-    assert not gradio_app.parse_args([]).trust_remote_code
+    # `m2ugen app` (and gradio_app.py, which launches it) takes the opt-in; off by default
+    assert build_parser().parse_args(["app", "--trust-remote-code"]).trust_remote_code
+    assert not build_parser().parse_args(["app"]).trust_remote_code
     with pytest.raises(ConfigError, match="evil module stops here"):
         build_app(model, trust_remote_code=True, examples_dir=None)
     assert marker.exists()

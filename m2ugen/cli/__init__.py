@@ -1,0 +1,226 @@
+"""`m2ugen …` sub-commands: every option of every command is declared here, in
+`build_parser`; the commands themselves live in `chat.py` (talking to a model) and
+`commands.py` (the rest). User errors print one line on stderr and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from safetensors import SafetensorError
+
+from m2ugen.cli.chat import cmd_chat
+from m2ugen.cli.commands import (
+    cmd_app,
+    cmd_cache_features,
+    cmd_convert,
+    cmd_info,
+    cmd_make_tiny,
+    cmd_synth_data,
+    cmd_train,
+)
+from m2ugen.cli.common import OneLineParser, flag_name, setup_logging
+from m2ugen.errors import M2UGenError
+
+__all__ = ["OneLineParser", "build_parser", "flag_name", "main", "setup_logging"]
+
+_MODEL_HELP = ("model directory or preset (tiny, musicgen-small, musicgen-medium, audioldm2); "
+               "default: tiny")
+_TRUST_HELP = ("let a MERT whose config needs its own Python code (auto_map) run that code; "
+               "only for model directories you trust")
+_FORCE_HELP = ("write into a non-empty directory that is not an m2ugen model directory (only "
+               "the model's own files are written; nothing else there is touched)")
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="talk to a model about music, images and video")
+    p.add_argument("prompt", nargs="?", help="the message (omit with --interactive)")
+    p.add_argument("--model", default="tiny", help=_MODEL_HELP)
+    p.add_argument("--audio", help="music file to attach (wav, flac, ogg, mp3, m4a, …)")
+    p.add_argument("--image", help="image file to attach")
+    p.add_argument("--video", help="video file to attach")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--music", choices=["auto", "always", "never"], default="auto",
+                   help="render music when the reply asks for it (auto), always, or never")
+    p.add_argument("--condition", choices=["embedding", "text"], default="embedding",
+                   help="condition the decoder on the projector output (embedding) or on the "
+                        "reply text (text, the published behaviour)")
+    p.add_argument("--out", type=Path, default=Path("m2ugen_music.wav"),
+                   help="WAV file for the music (candidates 2.. get -2, -3 … suffixes)")
+    p.add_argument("--seconds", type=float, default=10.0, help="music length")
+    p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance")
+    p.add_argument("--steps", type=int, default=None,
+                   help="AudioLDM2 denoising steps (default 100)")
+    p.add_argument("--num-candidates", type=int, default=1, help="how many versions to render")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
+    p.add_argument("--interactive", "-i", action="store_true", help="keep a conversation")
+    p.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+    p.set_defaults(func=cmd_chat)
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="serve the chat app in the browser (Gradio)")
+    p.add_argument("--model", default="tiny",
+                   help="model directory or preset (default: tiny, an untrained smoke-test model)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default loopback; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload accepted")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="requests the loaded model serves at once (default 1; each one "
+                        "holds its own activations and KV cache in memory)")
+    p.add_argument("--examples-dir", type=Path, default=None, metavar="DIR",
+                   help="demo media offered as examples (written there first when DIR does "
+                        "not exist; gradio_app.py passes examples/media)")
+    p.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+    p.set_defaults(func=cmd_app)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="run a training stage (alone or under torchrun)")
+    p.add_argument("--config", required=True, help="configs/stage1.yaml, stage2 or stage3")
+    p.add_argument("--resume", action="store_true", help="continue the run in out=")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override settings")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_cache_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache-features",
+                       help="precompute encoder features and decoder targets (resumable)")
+    p.add_argument("--config", required=True, help="the stage config whose data to cache")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override settings, e.g. feature_cache=cache/stage1")
+    p.set_defaults(func=cmd_cache_features)
+
+
+def _add_synth_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth-data", help="write a small synthetic dataset in every format")
+    p.add_argument("out", type=Path, help="output directory (gets dataset.yaml)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-audio", type=int, default=12, help="music clips")
+    p.add_argument("--n-images", type=int, default=6, help="images")
+    p.add_argument("--n-videos", type=int, default=4, help="videos")
+    p.set_defaults(func=cmd_synth_data)
+
+
+def _add_make_tiny(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-tiny", help="build the tiny offline preset (random weights)")
+    p.add_argument("out", type=Path, help="output model directory")
+    p.add_argument("--decoder", choices=["musicgen", "audioldm2"], default="musicgen")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty directory that is not an m2ugen model "
+                        "directory (only the model's own files are written)")
+    p.set_defaults(func=cmd_make_tiny)
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-original",
+                       help="convert a published M2UGen checkpoint.pth to a model directory")
+    p.add_argument("checkpoint", type=Path, help="the published checkpoint.pth")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--decoder", choices=["musicgen", "audioldm2"], default=None,
+                   help="decoder kind (default: detected from the projector's shape)")
+    p.add_argument("--llm", help="LLaMA-2 hub id, HF dir or Meta-format dir "
+                                 "(default meta-llama/Llama-2-7b-hf)")
+    p.add_argument("--tokenizer", help="tokenizer of the LLM (default: the --llm one)")
+    p.add_argument("--mert", help="MERT hub id or dir (default m-a-p/MERT-v1-330M)")
+    p.add_argument("--vit", help="ViT hub id or dir (default google/vit-base-patch16-224)")
+    p.add_argument("--vivit", help="ViViT hub id or dir (default google/vivit-b-16x2-kinetics400)")
+    p.add_argument("--decoder-path", help="MusicGen / AudioLDM2 hub id or dir")
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    p.add_argument("--skip-checks", action="store_true",
+                   help="do not read the components' configs to check sizes (offline use)")
+    p.set_defaults(func=cmd_convert)
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show a model directory's components and trained tensors")
+    p.add_argument("dir", help="model directory")
+    p.set_defaults(func=cmd_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every sub-command and its options (the commands appear in `--help` in this order)."""
+    parser = OneLineParser(
+        prog="m2ugen", description="A multimodal music assistant: chat about music, images "
+        "and video; generate and edit music; train, convert and inspect models.",
+        epilog="`m2ugen COMMAND --help` shows a command's options. The default model, tiny, "
+        "is an untrained offline smoke-test model built on first use.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_make_tiny, _add_chat, _add_app, _add_train, _add_cache_features,
+                _add_synth_data, _add_convert, _add_info):
+        add(sub)
+    return parser
+
+
+# OSErrors that are about the environment (a path, a disk, permissions), not a bug
+_PATH_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
+    errno.ELOOP, errno.ENOTEMPTY, errno.EXDEV, errno.EIO, errno.EBUSY})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# atomic writes go through `.NAME.XXXXXXXX[.ext].tmp` files and model directories are built
+# as `.NAME.m2ugen-build-PID-…` beside a new one or `.m2ugen-build-PID-…` inside an old one
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}(?:\.[A-Za-z0-9]+)*\.tmp$")
+_BUILD_DIR = re.compile(r"^\.(?P<name>.+?)\.m2ugen-(?:build|old)-\d+-")
+
+
+def _user_path(filename: str) -> str:
+    """The user's own path behind one of our temporary names (theirs is what they know)."""
+    parts: list[str] = []
+    for part in Path(filename).parts:
+        if part.startswith((".m2ugen-build-", ".m2ugen-old-")):
+            break  # inside a directory being rebuilt: that directory is the user's path
+        if match := _BUILD_DIR.match(part):
+            parts.append(match.group("name"))
+            break  # a new directory being built
+        match = _TEMP_FILE.match(part)
+        parts.append(match.group("name") if match else part)
+    return str(Path(*parts)) if parts else filename
+
+
+def _os_error_line(code: int, reason: str, filename, args: argparse.Namespace) -> str:
+    path = filename if isinstance(filename, str) else None
+    path = _user_path(path) if path else (getattr(args, "written", None)
+                                          or getattr(args, "out", None))
+    fix = ("free some disk space or choose another path" if code in _DISK_FULL
+           else "choose another path")
+    where = f"{path}: " if path else ""
+    return f"m2ugen: error: {where}{reason}; {fix} (run with -v for the traceback)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except M2UGenError as e:
+        print(f"m2ugen: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave that cannot be written or read
+        if args.verbose or e.errno not in _PATH_ERRNOS:
+            raise
+        print(_os_error_line(e.errno, e.strerror or str(e), e.filename, args), file=sys.stderr)
+        return 2
+    except SafetensorError as e:  # safetensors reports a failed write as "(os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if args.verbose or code is None or int(code.group(1)) not in _PATH_ERRNOS:
+            raise
+        print(_os_error_line(int(code.group(1)), os.strerror(int(code.group(1))), None, args),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("m2ugen: interrupted", file=sys.stderr)
+        return 130

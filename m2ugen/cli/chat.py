@@ -1,0 +1,183 @@
+"""`m2ugen chat`: the checks that need no model, one reply, and the interactive loop.
+
+Every mistake a user can make is found before the model loads (a second, not a load):
+settings, the prompt, `--out`, `--device`, and the attachments themselves, which are
+decoded the way the model's encoders want them from its config files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from m2ugen.cli.common import flag_name
+from m2ugen.errors import M2UGenError, check_device
+
+log = logging.getLogger("m2ugen")
+
+_MAX_NAME = 255  # bytes in a file name on Linux, macOS and Windows file systems
+_HELP = ("commands: /audio PATH, /image PATH, /video PATH attach media; /reset clears the "
+         "conversation; /quit leaves")
+
+
+def _check_attachment(path: str, flag: str) -> None:
+    """The file exists and its type fits the flag (audio may come in a video container)."""
+    from m2ugen.media import guess_modality
+
+    if Path(path).is_dir():
+        raise M2UGenError(f"{path}: is a directory (given to --{flag}); pass a file in it")
+    if not Path(path).is_file():
+        raise M2UGenError(f"{path}: file not found (given to --{flag})")
+    kind = guess_modality(path)
+    if kind != flag and not (flag == "audio" and kind == "video"):
+        raise M2UGenError(f"{path}: looks like {'an' if kind == 'image' else 'a'} {kind} file "
+                          f"but was given to --{flag}; attach it with --{kind}")
+
+
+def _load_attachments(args: argparse.Namespace) -> dict[str, Any]:
+    """--audio / --image / --video → {modality: loaded value}, before the model loads: the
+    model's media spec (audio rate, video frames) comes from its config files alone."""
+    from m2ugen.config import MODALITIES
+    from m2ugen.media import load_media
+    from m2ugen.model import M2UGen
+
+    paths = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
+    for modality, path in paths.items():
+        _check_attachment(path, modality)
+    if not paths:
+        return {}
+    spec = M2UGen.read_media_spec(args.model)
+    return {modality: load_media(modality, path, spec) for modality, path in paths.items()}
+
+
+def _check_out(out: Path, writing: bool) -> None:
+    """Refuse an --out that cannot be a WAV file before any slow work (where it can be
+    written at all: `writing`, i.e. not --music never)."""
+    if out.suffix.lower() != ".wav":
+        raise M2UGenError(f"--out {out}: music is written as WAV; use a .wav name")
+    if not writing:
+        return
+    if out.is_dir():
+        raise M2UGenError(f"--out {out}: is a directory; name a file, e.g. {out / 'music.wav'}")
+    # the file is written beside it as `.NAME.XXXXXXXX.wav.tmp` first: 18 bytes more
+    if len(os.fsencode(out.name)) > _MAX_NAME - 18:
+        raise M2UGenError(f"--out {out.name[:40]}...: the file name is too long "
+                          f"({len(os.fsencode(out.name))} bytes; at most {_MAX_NAME - 18})")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the directories in between are created on writing
+    if not parent.is_dir():
+        raise M2UGenError(f"--out {out}: {parent} is a file, not a directory; choose another "
+                          "path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise M2UGenError(f"--out {out}: {parent} is not writable; choose another path")
+
+
+def _candidate_paths(out: Path, n: int) -> list[Path]:
+    return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(2, n + 1)]
+
+
+def _reply(session, message: str, media: dict, settings, music, out: Path) -> None:
+    from m2ugen.media import save_audio
+
+    stream = session.stream(message, settings=settings, **media)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    result = stream.result
+    rendered = session.render(result, music)
+    if rendered is None:
+        if music.music == "auto":
+            log.info("no music: the reply has no [AUD] tokens (use --music always to force)")
+        return
+    paths = _candidate_paths(out, len(rendered.waveforms))
+    for path, wave in zip(paths, rendered.waveforms, strict=True):
+        save_audio(path, wave, rendered.sample_rate)
+    used = ", ".join(result.inputs_used) or "text only"
+    print(f"wrote {', '.join(map(str, paths))} ({rendered.seconds:g} s at "
+          f"{rendered.sample_rate} Hz, condition={rendered.condition}, inputs: {used}, "
+          f"seed {rendered.seed})", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from m2ugen.chat import ChatSession, GenerationSettings, check_utf8
+    from m2ugen.model import M2UGen
+    from m2ugen.music import MusicSettings
+
+    # every check that needs no model first: a mistake costs a second, not a model load
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    settings.validate(flag_name)
+    music = MusicSettings(music=args.music, condition=args.condition, seconds=args.seconds,
+                          guidance=args.guidance, steps=args.steps, seed=args.seed,
+                          num_candidates=args.num_candidates)
+    music.validate(flag_name)
+    if not args.prompt and not args.interactive:
+        raise M2UGenError("no prompt given; pass PROMPT or use --interactive")
+    if args.prompt:
+        check_utf8(args.prompt, "the prompt")
+    _check_out(args.out, writing=music.music != "never")
+    check_device(args.device, "--device")
+    media = _load_attachments(args)
+    model = M2UGen.from_pretrained(args.model, device=args.device,
+                                   trust_remote_code=args.trust_remote_code)
+    model.llm.merge_for_inference()  # generation only: fold LoRA in
+    session = ChatSession(model)
+    if args.prompt:
+        _reply(session, args.prompt, media, settings, music, args.out)
+        media = {}
+    if args.interactive:
+        _interactive(session, settings, music, media, args.out)
+    return 0
+
+
+def _interactive(session, settings, music, media: dict, out: Path) -> None:
+    from m2ugen.config import MODALITIES
+    from m2ugen.media import load_media
+
+    print(_HELP)
+    # bytes that are not UTF-8 reach us as lone surrogates (a file name may legitimately
+    # hold them; a message is refused in one line by ChatSession.stream) instead of an
+    # exception that would also drop the rest of a piped input's buffer
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
+    spec = session.model.media_spec
+    loaders = {f"/{m}": m for m in MODALITIES}
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        except UnicodeDecodeError as e:  # a stdin that could not be reconfigured
+            print(f"error: the line is not valid UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                  "type it again or set the terminal encoding to UTF-8", file=sys.stderr)
+            continue
+        if not line:
+            continue
+        cmd, _, rest = line.partition(" ")
+        try:
+            if cmd in ("/quit", "/exit"):
+                return
+            if cmd == "/reset":
+                session.reset()
+                media = {}
+                print("(conversation cleared)")
+            elif cmd in loaders:
+                name = loaders[cmd]
+                value = load_media(name, rest.strip(), spec)
+                media[name] = value
+                print(f"(attached {name}: {rest.strip()})")
+            elif cmd.startswith("/"):
+                print(_HELP)
+            else:
+                print("m2ugen> ", end="")
+                _reply(session, line, media, settings, music, out)
+                media = {}
+        except M2UGenError as e:  # stay in the conversation after a user mistake
+            print(f"error: {e}", file=sys.stderr)
