@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from m2ugen.generate import GenerationSettings, generate_tokens
 from m2ugen.config import M2UGenConfig
 from m2ugen.conversation import build_prompt_ids
+from m2ugen.generate import GenerationSettings, generate_tokens
 from m2ugen.modules.llm import load_llm
 from m2ugen.presets.tiny import _train_tokenizer, tiny_corpus
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -246,3 +247,18 @@ def test_importing_the_launcher_edits_neither_environment_nor_sys_path():
                          timeout=120, check=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout.split()
     assert out == ["True", "True"]
+
+
+def test_music_never_does_not_load_the_decoder(tiny_model, tmp_path, capsys):
+    """`--music never` never touches the decoder: with its directory gone the chat still
+    answers, while a reply that needs music names the missing decoder in one line."""
+    model = tiny_model.save_pretrained(tmp_path / "model")
+    cfg = json.loads((model / "m2ugen.json").read_text())
+    cfg["decoder_path"] = str(tmp_path / "no-decoder-here")
+    (model / "m2ugen.json").write_text(json.dumps(cfg))
+    args = ("chat", "--model", str(model), "--max-new-tokens", "4", "--seed", "0", "hi",
+            "--out", str(tmp_path / "m.wav"))
+    code, out, err = _run(capsys, *args, "--music", "never")
+    assert code == 0 and out.strip(), err
+    code, _, err = _run(capsys, *args, "--music", "always")
+    assert code == 2 and err.count("\n") == 1 and "no-decoder-here" in err

@@ -123,8 +123,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     _check_out(args.out, writing=music.music != "never")
     check_device(args.device, "--device")
     media = _load_attachments(args)
+    # --music never makes no music: the decoder (GBs at full size) is not loaded at all
     model = M2UGen.from_pretrained(args.model, device=args.device,
-                                   trust_remote_code=args.trust_remote_code)
+                                   trust_remote_code=args.trust_remote_code,
+                                   decoder=music.music != "never")
     model.llm.merge_for_inference()  # generation only: fold LoRA in
     session = ChatSession(model)
     if args.prompt:

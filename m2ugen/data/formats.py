@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2ugen.config import MODALITIES
 from m2ugen.data.example import Example
 from m2ugen.errors import ConfigError, MediaError
 from m2ugen.media import (
@@ -34,7 +35,6 @@ from m2ugen.media import (
     load_media,
 )
 
-MODALITIES = ("audio", "image", "video")
 # Which stages each format feeds; stage 3 captioning and stage 2 image captions make no sense.
 FORMAT_STAGES: dict[str, tuple[int, ...]] = {
     "mucaps": (1, 2),
