@@ -199,3 +199,33 @@ def test_forced_music_needs_the_newest_reply(tiny_model):
     session.reset()  # a new conversation: no reply is the newest one any more
     with pytest.raises(ChatError, match="newest reply"):
         session.render(unrendered, settings)
+
+
+def test_history_keeps_the_newest_turns(tiny_model):
+    """When the context is full the oldest turns go: what is kept (and what the model is
+    prompted with) is always the newest suffix of the history that was sent."""
+    tok = tiny_model.tokenizer
+    template = tiny_model.config.prompt_template
+    session = ChatSession(tiny_model, max_context=250)
+    partial_drops = 0
+    embed = tiny_model.llm.model.get_input_embeddings()
+    seen: list[list[int]] = []  # the ids of every forward: the first of a reply is its prompt
+    handle = embed.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].tolist()))
+    for i in range(8):
+        before = list(session.history)
+        message = f"Song {i}?"
+        seen.clear()
+        result = session.send(message, settings=GenerationSettings(max_new_tokens=6,
+                                                                   temperature=0.0, seed=0))
+        kept = before[result.dropped_turns:]
+        assert session.history[:-1] == kept  # a suffix of `before`, by construction
+        assert session.history[-1].user == message
+        prompt = format_prompt(template, kept, message)
+        assert seen[0] == [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
+        partial_drops += 0 < result.dropped_turns < len(before)
+    handle.remove()
+    # discriminating: some turns were dropped while others stayed (dropping all of them
+    # reads the same from either end)
+    assert partial_drops > 0
+    assert [t.user for t in session.history] == [f"Song {i}?"
+                                                 for i in range(8 - len(session.history), 8)]

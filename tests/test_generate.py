@@ -1,5 +1,5 @@
-"""The chat loop's contracts that a refactor of generation can silently break: which turns
-are kept, what top-p draws, where a reply stops, and that [AUD1..7] never start music.
+"""The token loop's contracts (generate.py) that a refactor of generation can silently
+break: what top-p draws, where a reply stops, and that [AUD1..7] never start music.
 
 The tiny LLM is untrained, so where a test needs the model to *choose* something (a token,
 a scripted reply, a given distribution) it edits the LM head's output (a large bias on one
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from m2ugen.chat import ChatSession, GenerationSettings
-from m2ugen.conversation import Turn, format_prompt
+from m2ugen.conversation import Turn
 
 
 def _greedy(n: int, **kw) -> GenerationSettings:
@@ -48,35 +48,6 @@ def _favour(token: int, logits: torch.Tensor, value: float = 1e4) -> torch.Tenso
     out = logits.clone()
     out[..., token] += value
     return out
-
-
-def test_history_keeps_the_newest_turns(tiny_model):
-    """When the context is full the oldest turns go: what is kept (and what the model is
-    prompted with) is always the newest suffix of the history that was sent."""
-    tok = tiny_model.tokenizer
-    template = tiny_model.config.prompt_template
-    session = ChatSession(tiny_model, max_context=250)
-    partial_drops = 0
-    embed = tiny_model.llm.model.get_input_embeddings()
-    seen: list[list[int]] = []  # the ids of every forward: the first of a reply is its prompt
-    handle = embed.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].tolist()))
-    for i in range(8):
-        before = list(session.history)
-        message = f"Song {i}?"
-        seen.clear()
-        result = session.send(message, settings=_greedy(6))
-        kept = before[result.dropped_turns:]
-        assert session.history[:-1] == kept  # a suffix of `before`, by construction
-        assert session.history[-1].user == message
-        prompt = format_prompt(template, kept, message)
-        assert seen[0] == [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
-        partial_drops += 0 < result.dropped_turns < len(before)
-    handle.remove()
-    # discriminating: some turns were dropped while others stayed (dropping all of them
-    # reads the same from either end)
-    assert partial_drops > 0
-    assert [t.user for t in session.history] == [f"Song {i}?"
-                                                 for i in range(8 - len(session.history), 8)]
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p(tiny_model):
