@@ -18,6 +18,8 @@ class Example:
         music_caption: when the answer is music, the caption of that music: the response
             then ends with the [AUD] tokens and the projector regresses 10 × the decoder's
             conditioning of this caption.
+        music_file: that music itself (instruct records' `output_file`, absolute), when the
+            record names one: the reference an evaluation compares generated music with.
         source: "<spec file>#<index>" for error messages.
     """
 
@@ -28,6 +30,7 @@ class Example:
     image: Path | None = None
     video: Path | None = None
     music_caption: str | None = None
+    music_file: Path | None = None
     source: str = ""
 
     @property

@@ -349,10 +349,12 @@ def _read_instruct(r: _Reader, data: list, entry: DatasetEntry) -> None:
             music_caption = _text(gpt, "caption", "conversation[1].")
             _text(rec, "output_file")
         path = r.media(input_root, rec["input_file"], slot, "input_file")
+        music_file = None
         if music_caption is not None:
-            r.media(output_root, rec["output_file"], "audio", "output_file")
+            music_file = r.media(output_root, rec["output_file"], "audio", "output_file")
         return [Example(instruction=instruction, response=response,
-                        music_caption=music_caption, source=r.source(i), **{slot: path})]
+                        music_caption=music_caption, music_file=music_file,
+                        source=r.source(i), **{slot: path})]
 
     r.each(enumerate(data), convert)
 

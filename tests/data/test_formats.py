@@ -138,11 +138,11 @@ def test_instruct_media_slot_and_music_caption(tmp_path: Path) -> None:
     examples = _read(DatasetEntry("instruct", file, input_root=inp, output_root=out), 3)
     assert examples == [
         Example("Music for this image.", "Here it is.", image=inp / "i.png",
-                music_caption="Calm organ.", source=f"{file}#0"),
+                music_caption="Calm organ.", music_file=out / "o.wav", source=f"{file}#0"),
         Example("Music for this video.", "Here it is.", video=inp / "v.mp4",
-                music_caption="Calm organ.", source=f"{file}#1"),
+                music_caption="Calm organ.", music_file=out / "o.wav", source=f"{file}#1"),
         Example("Music for this audio.", "Here it is.", audio=inp / "a.wav",
-                music_caption="Calm organ.", source=f"{file}#2"),
+                music_caption="Calm organ.", music_file=out / "o.wav", source=f"{file}#2"),
         Example("Music for this audio.", "Here it is.", audio=inp / "a.wav",
                 source=f"{file}#3"),
     ]
