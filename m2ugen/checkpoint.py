@@ -224,7 +224,15 @@ def _owned(path: Path) -> set[str] | None:
 
 def _replace_entries(path: Path, build: Path, names: list[str], owned: set[str],
                      commit: str) -> None:
-    """Move `build`'s entries into `path` over ours, drop our stale ones; roll back on error."""
+    """Move `build`'s entries into `path` over ours, drop our stale ones; roll back on error.
+
+    An entry of the user's under a name the model needs (a `tokenizer` folder in a
+    directory written with --force) is refused before anything moves: replacing it would
+    delete the user's data."""
+    clash = sorted(n for n in names if n not in owned and os.path.lexists(path / n))
+    if clash:
+        raise ConfigError(f"{path / clash[0]}: is not m2ugen's, and the model needs that name "
+                          "(it was left untouched); move it away or choose another directory")
     manifest = path / MANIFEST
     before = manifest.read_text(encoding="utf-8") if manifest.is_file() else None
     atomic_write_text(manifest, json.dumps(sorted(owned | set(names))) + "\n")
@@ -242,8 +250,6 @@ def _replace_entries(path: Path, build: Path, names: list[str], owned: set[str],
         for name in order:  # ours out of the way: replaced ones and stale ones
             move(path / name, trash / name)
         for name in sorted(names, key=lambda n: n == commit):  # the commit file last
-            if os.path.lexists(path / name):  # a user's entry under one of our names (force)
-                move(path / name, trash / name)
             move(build / name, path / name)
         fsync_dir(path)
     except BaseException:

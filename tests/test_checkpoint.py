@@ -249,6 +249,19 @@ def test_outputs_that_are_not_ours_are_refused_untouched(tmp_path):
     assert sorted(os.listdir(foreign)) == sorted([*OURS, MANIFEST, "notes.txt"])
     assert (foreign / "notes.txt").read_text() == "mine"
 
+
+def test_force_never_replaces_a_users_entry_under_one_of_our_names(tmp_path):
+    """--force writes beside the user's files; one that holds a name the model needs is
+    refused in one line, before anything moves, and stays the user's."""
+    foreign = tmp_path / "photos"
+    (foreign / "tokenizer").mkdir(parents=True)
+    (foreign / "tokenizer" / "vocab.txt").write_text("my own tokenizer")
+    (foreign / "notes.txt").write_text("mine")
+    before = _tree(foreign)
+    with pytest.raises(ConfigError, match=rf"^{foreign / 'tokenizer'}: is not m2ugen's"):
+        _write(foreign, "v1", force=True)
+    assert _tree(foreign) == before  # nothing written, moved or deleted
+
     file = tmp_path / "model.bin"
     file.write_bytes(b"precious")
     for force in (False, True):

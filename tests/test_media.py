@@ -20,6 +20,7 @@ from PIL import Image
 from m2ugen.errors import MediaError
 from m2ugen.media import (
     MediaSpec,
+    _reason,
     audio_duration,
     guess_modality,
     load_audio,
@@ -465,3 +466,11 @@ def test_load_media_follows_the_spec_and_its_length_limits(tmp_path: Path) -> No
     assert load_media("audio", wav, unlimited).shape == (16000,)
     with pytest.raises(MediaError, match="'text' is not a modality"):
         load_media("text", wav, spec)
+
+
+def test_a_long_decoder_reason_is_cut_with_an_ellipsis(tmp_path: Path) -> None:
+    """A decoder's message of thousands of characters (FFmpeg can print a whole probe) is
+    cut to 300 characters and marked as cut, so the error stays one readable line."""
+    assert _reason(ValueError("short")) == "short"
+    cut = _reason(ValueError("x" * 1000 + "\nsecond line"))
+    assert cut == "x" * 300 + "..."

@@ -27,6 +27,16 @@ def test_target_has_the_projector_output_shape(any_tiny_model):
     assert mask[1].sum() > mask[0].sum()
 
 
+def test_a_caption_longer_than_the_conditioning_is_cut_to_it(any_tiny_model):
+    """A caption of many more tokens than the projector makes (128 T5 states) is truncated,
+    not a target of another shape, whatever the decoder."""
+    m = any_tiny_model
+    long = " ".join(["a slow dreamy piano melody with soft strings"] * 60)  # ~500 tokens
+    target, mask = m.decoder.target([long, "short"])
+    assert target.shape == mask.shape == (2, *m.decoder.cond_shape)
+    assert mask[0].all() or m.decoder.kind == "audioldm2"  # MusicGen: every position used
+
+
 def test_musicgen_target_is_ten_times_text_encoder_states(tiny_model):
     dec = tiny_model.decoder
     target, mask = dec.target(["A sad violin."])
