@@ -306,3 +306,19 @@ def test_temporaries_of_earlier_versions_are_recovered_or_removed(tmp_path):
     _write(target, "v3")
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert (target / "notes.txt").read_text() == "the user's" and _versions(target) == {"v3"}
+
+
+def test_a_live_writers_temporaries_survive_a_dead_ones_go(tmp_path):
+    """Leftovers carry their writer's pid: those of a crashed (dead) writer are cleaned
+    up by the next write, those of a writer still running (pid 1 is always alive) are
+    not touched."""
+    target = _write(tmp_path / "model", "v1")
+    live = target / ".m2ugen-build-1-abcdef"
+    dead = target / ".m2ugen-build-999999999-abcdef"
+    beside = tmp_path / ".model.m2ugen-build-999999999-ghijkl"
+    for d in (live, dead, beside):
+        d.mkdir()
+        (d / "part.json").write_text("half written")
+    _write(target, "v2")
+    assert live.is_dir() and (live / "part.json").read_text() == "half written"
+    assert not dead.exists() and not beside.exists()

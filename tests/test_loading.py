@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from m2ugen.checkpoint import TRAINED_NAME
 from m2ugen.errors import ConfigError
+from m2ugen.loading import decoder_parameters
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import cond_shape_from_configs
 from m2ugen.music import MusicSettings, render_music
@@ -96,3 +97,18 @@ def test_current_name_maps_only_the_renamed():
     assert current_name("llm.model.lm_head.trainable_tokens_delta") == \
         "llm.model.lm_head.trainable_tokens_delta"
     assert current_name("projector.model.layers.0.weight") == "projector.model.layers.0.weight"
+
+
+@pytest.mark.parametrize("kind", ["musicgen", "audioldm2"])
+def test_the_decoder_loads_in_the_models_dtype(kind, tiny_dir, tiny_audioldm2_dir):
+    """bf16 asked for is bf16 loaded, every part of the decoder (a pipeline's too): an
+    fp32 decoder beside a bf16 model doubles its memory on a GPU."""
+    base = tiny_dir if kind == "musicgen" else tiny_audioldm2_dir
+    model = M2UGen.from_pretrained(base, dtype=torch.bfloat16)
+    dtypes = {p.dtype for _, p in decoder_parameters(model.decoder)}
+    assert dtypes == {torch.bfloat16}
+
+
+def test_an_unknown_decoder_kind_is_named():
+    with pytest.raises(ConfigError, match=r"decoder kind 'diffwave' is unknown; use musicgen"):
+        cond_shape_from_configs("diffwave", lambda sub: {})
