@@ -164,10 +164,18 @@ class ChatSession:
         settings.validate()
         if settings.music == "never":
             return None
+        if result.audio_hidden is None and settings.music == "auto":
+            return None
+        hidden = self.audio_states(result)
+        result.music = render_music(self.model, hidden, result.text, settings)
+        return result.music
+
+    def audio_states(self, result: ChatResult) -> torch.Tensor:
+        """The (8, D) [AUD] hidden states that condition `result`'s music: the reply's own,
+        or, for a reply without [AUD] tokens (the newest reply only), those of the tokens
+        appended after its text and run through the LLM (then kept in `result`)."""
         hidden = result.audio_hidden
         if hidden is None:
-            if settings.music == "auto":
-                return None
             if self._last is None or self._last[0] != result.turn:
                 raise ChatError("music='always' can add music only to the newest reply of "
                                 "this session; ask again, or use music='auto'")
@@ -182,8 +190,7 @@ class ChatSession:
             result.raw_text = f"{result.text} {tokens}".strip()
             if self.history and self.history[-1].assistant == result.text:
                 self.history[-1].assistant = result.raw_text
-        result.music = render_music(self.model, hidden, result.text, settings)
-        return result.music
+        return hidden
 
     def send(self, message: str, music: MusicSettings | str | None = None, *,
              audio: Any = None, image: Any = None, video: Any = None,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import librosa
@@ -73,11 +74,13 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0
     items before splitting, under `seed`.
     """
     splits = max(1, min(splits, len(logits) // 2))
-    metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
-    metric.update(logits.double())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
+    with warnings.catch_warnings():  # "features kept in a buffer"; the std of one split
+        warnings.simplefilter("ignore", UserWarning)
+        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+        metric.update(logits.double())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mean, std = metric.compute()
     return float(mean), (float(std) if splits > 1 else 0.0)
 
 
@@ -90,7 +93,9 @@ def clap_scores(text_embeddings: torch.Tensor, audio_embeddings: torch.Tensor) -
 def chromagram(waveform: np.ndarray, sample_rate: int, hop_length: int = 512) -> np.ndarray:
     """(12, frames) librosa CQT chromagram (pitch classes C..B, tuning estimated)."""
     wav = np.asarray(waveform, dtype=np.float32)
-    return librosa.feature.chroma_cqt(y=wav, sr=sample_rate, hop_length=hop_length)
+    with warnings.catch_warnings():  # short clips: "n_fft too large" in the lowest octaves
+        warnings.simplefilter("ignore", UserWarning)
+        return librosa.feature.chroma_cqt(y=wav, sr=sample_rate, hop_length=hop_length)
 
 
 def chroma_similarity(source: np.ndarray, edited: np.ndarray, sample_rate: int

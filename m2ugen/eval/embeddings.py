@@ -7,7 +7,7 @@ the tiny offline ones (`tiny.py`) by directory, through the same code:
 |---|---|---|
 | clap | `ClapModel` + `ClapProcessor` | one L2-normalised audio or text embedding per item (B, d) |
 | encodec | `EncodecModel` (its encoder, before quantisation) | frame embeddings (T, d) per item |
-| mert | `HubertModel` (MERT loaded natively, `modules.encoders.load_mert`) | frames (T, d) of one layer |
+| mert | `HubertModel` (MERT natively, `modules.encoders.load_mert`) | frames (T, d), one layer |
 | ast | `ASTForAudioClassification` (AudioSet) | label logits (B, 527) |
 
 Audio arrives as float32 mono arrays at any rate and is resampled to each model's own rate
