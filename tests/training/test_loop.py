@@ -14,10 +14,12 @@ from safetensors.torch import load_file
 
 from m2ugen.checkpoint import TRAINED_NAME
 from m2ugen.cli import main
+from m2ugen.data.batching import collate
 from m2ugen.data.synth import write_synthetic_dataset
 from m2ugen.errors import M2UGenError
 from m2ugen.model import M2UGen
 from m2ugen.training.config import TrainConfig, load_train_config
+from m2ugen.training.features import batch_features, batch_music
 from m2ugen.training.loop import build, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,3 +219,24 @@ def test_the_decoder_loads_only_for_music_targets(spec, tiny_dir, tmp_path):
     assert not model.has_decoder
     model, *_ = build(_cfg(spec, tmp_path / "s2", tiny_dir, stage=2), cpu, 1, 0)
     assert model.has_decoder
+
+
+def test_the_logged_loss_is_the_cross_entropy_per_supervised_token(spec, tiny_dir, tmp_path):
+    """Step 1 logs the batch's cross-entropy per supervised token, computed by hand on the
+    same initial model and batch. (Adam trains alike on any scale of the loss, so only the
+    logged value shows a sum, or a sum times the count.)"""
+    cfg = _cfg(spec, tmp_path / "run", tiny_dir, max_steps=1, batch_size=4, log_every=1)
+    model, dataset, sampler, _ = build(cfg, torch.device("cpu"), 1, 0)
+    sampler.set_position(0, 0)
+    first = next(iter(sampler))
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batch = collate([dataset[i] for i in first], pad_id=pad)
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                    batch_features(model, batch), **batch_music(model, batch))
+    want = float(out["ce_sum"] / out["ce_count"])
+    run = train(cfg, resume=False)
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["ce"] == pytest.approx(want, rel=1e-5)
+    assert logged["loss"] == pytest.approx(logged["ce"] + logged["mse"])
