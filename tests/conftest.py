@@ -93,3 +93,42 @@ def gradio_app():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def lockstep():
+    """`lockstep(job)` runs `job(0, step)` and `job(1, step)` in two threads whose
+    `step()` calls pair up (each waits for the other), so two generations interleave one
+    step against the other; returns both results and re-raises a thread's failure.
+    `job(i, None)` is the same job run alone."""
+    import threading
+
+    def run(job):
+        barrier = threading.Barrier(2)
+
+        def step() -> None:
+            try:
+                barrier.wait(timeout=5)
+            except threading.BrokenBarrierError:
+                pass  # the other job ended first
+
+        out: list = [None, None]
+        errors: list = []
+
+        def worker(i: int) -> None:
+            try:
+                out[i] = job(i, step)
+            except Exception as e:  # reported below: a thread's exception would vanish
+                errors.append(e)
+            finally:
+                barrier.abort()
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        return out
+
+    return run

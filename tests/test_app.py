@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 from typing import Any
 
 import numpy as np
@@ -207,7 +206,8 @@ def test_attachments_load_with_the_models_spec_within_the_apps_limits(tiny_model
     assert (app.media_spec.max_audio_seconds, app.media_spec.max_video_seconds) == (7, 9)
 
 
-def test_two_visitors_at_once_get_the_replies_they_get_alone(tiny_model, media, tmp_path):
+def test_two_visitors_at_once_get_the_replies_they_get_alone(tiny_model, media, tmp_path,
+                                                            lockstep):
     """Concurrency 2: the model serves two visitors at the same time (generation state
     travels with each call). Their messages, streamed step against step from two threads,
     get exactly the text and music each gets alone."""
@@ -216,41 +216,21 @@ def test_two_visitors_at_once_get_the_replies_they_get_alone(tiny_model, media, 
     jobs = [({"text": "Make music for this picture.", "files": [str(media / "sunset.png")]}, 11),
             ({"text": "Describe this music.", "files": [str(media / "piano_120bpm.wav")]}, 12)]
 
-    def visit(i: int, barrier: threading.Barrier | None = None):
+    def visit(i: int, step=None):
         message, seed = jobs[i]
         updates: list[Any] = []
         for update in app.respond(message, None, **{**SETTINGS, "temperature": 0.9,
                                                     "seed": seed}):
             updates.append(update)
-            if barrier is not None:  # one update each at a time: the two replies interleave
-                try:
-                    barrier.wait(timeout=5)
-                except threading.BrokenBarrierError:
-                    pass  # the other visitor's reply ended first
+            if step is not None:  # one update each at a time: the two replies interleave
+                step()
         shown, _, state = updates[-1]
         assert state.session.history  # the reply went through the model
         return texts(shown), [sf.read(path)[0] for path in audio_paths(shown)]
 
     alone = [visit(0), visit(1)]
     assert alone[0][0] != alone[1][0] and all(music for _, music in alone)
-    barrier = threading.Barrier(2)
-    together: list = [None, None]
-    errors: list = []
-
-    def run(i: int) -> None:
-        try:
-            together[i] = visit(i, barrier)
-        except Exception as e:  # reported below: a thread's exception would vanish
-            errors.append(e)
-        finally:
-            barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    together = lockstep(visit)
     for (text, music), (text_together, music_together) in zip(alone, together, strict=True):
         assert text_together == text
         assert len(music_together) == len(music)

@@ -137,47 +137,26 @@ def test_bad_settings_are_user_errors(tiny_model):
 
 
 def test_two_threads_chatting_with_one_model_get_the_sequential_replies(tiny_model,
-                                                                        media_arrays):
+                                                                        media_arrays,
+                                                                        lockstep):
     """Generation state lives in the call (Injection, KV cache), not on the shared model:
     two sessions generating at once, their steps interleaved, reply exactly as alone."""
-    import threading
-
     jobs = [("Describe this music", {"audio": media_arrays["audio"]}, 11),
             ("Compose music for this picture", {"image": media_arrays["image"]}, 12)]
     settings = [GenerationSettings(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=s)
                 for _, _, s in jobs]
 
-    def reply(i: int, barrier: threading.Barrier | None = None):
+    def reply(i: int, step=None):
         message, media, _ = jobs[i]
         stream = ChatSession(tiny_model).stream(message, settings=settings[i], **media)
         for _ in stream:  # one token at a time: the two threads' forwards interleave
-            if barrier is not None:
-                try:
-                    barrier.wait(timeout=5)
-                except threading.BrokenBarrierError:
-                    pass  # the other reply ended first
+            if step is not None:
+                step()
         return stream.result
 
     alone = [reply(0), reply(1)]
     assert alone[0].text != alone[1].text  # different inputs: the check below means something
-    barrier = threading.Barrier(2)
-    together: list = [None, None]
-    errors: list = []
-
-    def run(i: int) -> None:
-        try:
-            together[i] = reply(i, barrier)
-        except Exception as e:  # reported below: a thread's exception would vanish
-            errors.append(e)
-        finally:
-            barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    together = lockstep(reply)
     for a, b in zip(alone, together, strict=True):
         assert b.token_ids == a.token_ids and b.text == a.text
 
