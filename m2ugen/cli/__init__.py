@@ -25,6 +25,7 @@ from m2ugen.cli.commands import (
     cmd_train,
 )
 from m2ugen.cli.common import OneLineParser, flag_name, setup_logging
+from m2ugen.cli.eval import cmd_eval
 from m2ugen.errors import M2UGenError
 
 __all__ = ["OneLineParser", "build_parser", "flag_name", "main", "setup_logging"]
@@ -150,6 +151,84 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
+_EVAL_TASKS = ("text2music", "image2music", "video2music", "edit", "musicqa")
+
+
+def _eval_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embeddings", metavar="SET",
+                   help="the metrics' embedding models: standard (hub ids: LAION CLAP, EnCodec "
+                        "24 kHz, MERT-v1-95M, AST AudioSet, roberta-large), tiny (offline random "
+                        "stand-ins) or a JSON file {role: hub id or dir}; default: tiny for the "
+                        "tiny model, else standard")
+    for role, what in (("clap", "CLAP (FAD-CLAP, CLAP score)"), ("encodec", "EnCodec (FAD)"),
+                       ("mert", "MERT (FAD)"), ("ast", "AudioSet classifier (KL, IS)"),
+                       ("bertscore", "BERTScore encoder")):
+        p.add_argument(f"--{role}", metavar="ID_OR_DIR", help=f"{what} model, overriding the set")
+    p.add_argument("--metrics", metavar="A,B",
+                   help="only these metrics (comma-separated names as in results.json)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--seed", type=int, default=0,
+                   help="item i is sampled with seed+i; also seeds the Inception Score splits")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="the paper's evaluation: a model on a task, a folder of "
+                       "music, or a table of earlier runs")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK",
+                             help=f"{', '.join(_EVAL_TASKS)}, folder or report")
+    for name in _EVAL_TASKS:
+        t = tasks.add_parser(name, help=f"generate for the {name} records of --data and "
+                             "score them (resumable)")
+        t.add_argument("--model", action="append", metavar="DIR_OR_PRESET",
+                       help=_MODEL_HELP + "; repeat to compare several")
+        t.add_argument("--data", required=True, metavar="FILE",
+                       help="the task's JSON file in the published format, or a dataset spec "
+                            "YAML (m2ugen synth-data writes both)")
+        t.add_argument("--root", metavar="DIR",
+                       help="where the JSON file's media are (default: its folder)")
+        t.add_argument("--reference-root", metavar="DIR",
+                       help="where instruct records' output_file music is (default: --root)")
+        t.add_argument("--out", type=Path, metavar="DIR",
+                       help=f"results: DIR/<model>/ per model and DIR/table.md (default "
+                            f"eval_results/{name})")
+        t.add_argument("--limit", type=int, metavar="N", help="only the first N items")
+        t.add_argument("--batch-size", type=int, default=8, metavar="N",
+                       help="items whose music is rendered in one decoder call (default 8)")
+        t.add_argument("--seconds", type=float, default=10.0, help="music length (default 10)")
+        t.add_argument("--guidance", type=float, default=3.5)
+        t.add_argument("--steps", type=int, default=None, help="AudioLDM2 denoising steps")
+        t.add_argument("--condition", choices=["embedding", "text"], default="embedding",
+                       help="decoder conditioning: projector output (default) or reply text")
+        t.add_argument("--max-new-tokens", type=int, default=256)
+        t.add_argument("--temperature", type=float, default=0.6)
+        t.add_argument("--top-p", type=float, default=0.8)
+        t.add_argument("--skip-bad", action="store_true",
+                       help="evaluate without bad records (listed in results.json) instead of "
+                            "stopping at the first")
+        t.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+        _eval_models(t)
+    f = tasks.add_parser("folder", help="score a folder of WAVs against references (any "
+                         "system's outputs)")
+    f.add_argument("--generated", type=Path, required=True, metavar="DIR",
+                   help="generated clips, each named like its reference")
+    f.add_argument("--reference", type=Path, required=True, metavar="DIR",
+                   help="reference clips")
+    f.add_argument("--captions", type=Path, metavar="FILE",
+                   help="MUCaps-format JSON {file name: caption} for the CLAP score")
+    f.add_argument("--sources", type=Path, metavar="DIR",
+                   help="the edits' source clips (same names) for the chroma similarity")
+    f.add_argument("--label", help="the row name in tables (default: the --generated folder)")
+    f.add_argument("--out", type=Path, metavar="DIR",
+                   help="results: DIR/<label>/ and DIR/table.md (default eval_results/folder)")
+    _eval_models(f)
+    r = tasks.add_parser("report", help="one Markdown table (and plot) comparing result folders")
+    r.add_argument("results", nargs="+", type=Path, metavar="DIR",
+                   help="run folders, folders of runs (an --out of eval) or results.json files")
+    r.add_argument("--out", type=Path, metavar="FILE.md",
+                   help="write the table here and the plot beside it (.png); default: print")
+    p.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every sub-command and its options (the commands appear in `--help` in this order)."""
     parser = OneLineParser(
@@ -160,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_make_tiny, _add_chat, _add_app, _add_train, _add_cache_features,
-                _add_synth_data, _add_convert, _add_info):
+                _add_synth_data, _add_convert, _add_info, _add_eval):
         add(sub)
     return parser
 

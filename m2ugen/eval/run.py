@@ -74,6 +74,7 @@ class ModelRun:
     label: str | None = None
     trust_remote_code: bool = False
     settings: dict[str, Any] = field(default_factory=dict)  # RunSettings fields
+    loaded: M2UGen | None = None  # `model` already loaded (on `device`)
 
 
 def _results(task: str, label: str, scores: Scores, metrics: list[str], models: EvalModels,
@@ -83,12 +84,10 @@ def _results(task: str, label: str, scores: Scores, metrics: list[str], models: 
         entry["value"] = scores.values[name]
         if f"{name}_std" in scores.values:
             entry["std"] = scores.values[f"{name}_std"]
-    skipped = [m for m in metrics if m not in scores.values]
     for row, s in zip(rows, scores.items, strict=True):
         row["scores"] = s
     return {"task": task, "label": label, "num_items": len(rows), "metrics": described,
-            "metrics_not_computed": {m: "needs " + " and ".join(METRICS[m].needs)
-                                     for m in skipped},
+            "metrics_not_computed": scores.not_computed,
             "eval_models": models.as_dict(), "seconds_per_item": scores.seconds_per_item,
             "items": rows, "m2ugen_version": _version(), **extra}
 
@@ -114,8 +113,9 @@ def evaluate_model(run: ModelRun) -> dict[str, Any]:
     settings = T.RunSettings(task=task.name, model=str(run.model),
                              data=str(Path(run.data).absolute()), **run.settings)
     T.check_resume(run_dir, settings, items)  # before the slow model load
-    model = M2UGen.from_pretrained(run.model, device=device, decoder=task.makes_music,
-                                   trust_remote_code=run.trust_remote_code)
+    model = run.loaded or M2UGen.from_pretrained(run.model, device=device,
+                                                 decoder=task.makes_music,
+                                                 trust_remote_code=run.trust_remote_code)
     default = "tiny" if "tiny_version" in model.config.extra else "standard"
     models = resolve_eval_models(run.embeddings, run.model_overrides, default=default)
     T.generate(model, items, run_dir, settings,

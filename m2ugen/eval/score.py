@@ -114,6 +114,7 @@ class Scores:
     items: list[dict[str, float]]
     seconds_per_item: dict[str, float]
     notes: dict[str, str]
+    not_computed: dict[str, str]  # metric -> why
 
 
 class _Clock:
@@ -136,7 +137,11 @@ def score_music(generated: Sequence[Audio], metrics: Sequence[str], models: Eval
     n = len(generated)
     have = {"references": references is not None, "captions": captions is not None,
             "sources": sources is not None}
-    metrics = [m for m in metrics if all(have[k] for k in METRICS[m].needs)]
+    not_computed = {m: "needs " + " and ".join(METRICS[m].needs) for m in metrics
+                    if not all(have[k] for k in METRICS[m].needs)}
+    if n < 2:  # a Gaussian needs two samples per set (EnCodec/MERT frames are not items)
+        not_computed |= {m: "needs at least 2 items" for m in metrics if m.startswith("fad_")}
+    metrics = [m for m in metrics if m not in not_computed]
     values: dict[str, float] = {}
     items: list[dict[str, float]] = [{} for _ in range(n)]
     clock = _Clock()
@@ -191,7 +196,8 @@ def score_music(generated: Sequence[Audio], metrics: Sequence[str], models: Eval
             if name in wanted:
                 per_item(name, [p[k] for p in pairs])
         clock.charge(sorted(wanted & {"chroma", "chroma_dtw"}), t)
-    return Scores(values, items, {k: v / max(n, 1) for k, v in clock.spent.items()}, {})
+    return Scores(values, items, {k: v / max(n, 1) for k, v in clock.spent.items()}, {},
+                  not_computed)
 
 
 _CHROMA_RATE = 22_050  # librosa's default analysis rate
@@ -252,7 +258,8 @@ def score_text(replies: Sequence[str], answers: Sequence[str], metrics: Sequence
         for m in bert:
             per_item(m, parts[m.removeprefix("bertscore_")])
         clock.charge(bert, t)
-    return Scores(values, items, {k: v / max(n, 1) for k, v in clock.spent.items()}, notes)
+    return Scores(values, items, {k: v / max(n, 1) for k, v in clock.spent.items()}, notes,
+                  {})
 
 
 def describe(metrics: Sequence[str], models: EvalModels, notes: dict[str, str]

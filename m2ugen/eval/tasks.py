@@ -9,9 +9,10 @@ resumable generation run that writes one result per item.
 | edit | MUEdit instruct (audio input) | instruction + source music | output_file, caption |
 | musicqa | MusicQA `[{audio_name, conversation}]` | each question + its music | the answer |
 
-`--data` is the JSON file (media under `--root`, default its folder; instruct references
-under `--reference-root`, default `--root`) or a dataset spec YAML (`m2ugen synth-data`'s
-dataset.yaml), whose entries carry their own roots. Records are read by
+`--data` is the JSON file or a dataset spec YAML (`m2ugen synth-data`'s dataset.yaml),
+whose entries carry their own roots. A JSON file's media are under `--root` (instruct
+references under `--reference-root`, default `--root`); without either, the roots of its
+entry in a `dataset.yaml` beside it, else its own folder. Records are read by
 `m2ugen.data.formats.read_dataset`.
 
 A run writes into its output folder: `settings.json` (everything that shapes the results),
@@ -62,6 +63,7 @@ TASKS: dict[str, Task] = {
     "musicqa": Task("musicqa", "musicqa", "audio", False, 3),
 }
 MODEL_TASKS = tuple(TASKS)
+SPEC_NAME = "dataset.yaml"  # a spec beside a data file gives its media roots
 
 
 @dataclass
@@ -104,9 +106,27 @@ def _entries(task: Task, data: Path, root: Path | None, reference_root: Path | N
         raise ConfigError(f"{data}: data file not found (--data takes a {task.format} JSON "
                           "file or a dataset spec YAML; write a sample with "
                           "`m2ugen synth-data DIR`)")
+    if root is None and reference_root is None:
+        described = _spec_entry(task, data)
+        if described is not None:
+            return [described]
     root = root or data.parent
     return [DatasetEntry(task.format, data, root=root, input_root=root,
                          output_root=reference_root or root)]
+
+
+def _spec_entry(task: Task, data: Path) -> DatasetEntry | None:
+    """The entry for `data` in the dataset spec beside it (`dataset.yaml`, as `m2ugen
+    synth-data` writes), whose roots then apply; None when there is none."""
+    spec_file = data.parent / SPEC_NAME
+    if not spec_file.is_file():
+        return None
+    spec = load_spec(spec_file)
+    for stage in (1, 2, 3):
+        for entry in spec.entries(stage):
+            if entry.file == data and entry.format == task.format:
+                return entry
+    return None
 
 
 def load_items(task: Task, data: str | Path, root: str | Path | None = None,

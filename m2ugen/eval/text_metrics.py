@@ -17,6 +17,7 @@ only recall).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,7 +90,13 @@ def meteor(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[list[f
 def rouge_l(hypotheses: Sequence[str], references: Sequence[str]
             ) -> dict[str, list[float]]:
     """Per-item ROUGE-L {"precision", "recall", "f1"} (0–1)."""
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    absl = logging.getLogger("absl")  # rouge-score logs "Using default tokenizer." at INFO
+    level = absl.level
+    absl.setLevel(max(level, logging.WARNING))
+    try:
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    finally:
+        absl.setLevel(level)
     out: dict[str, list[float]] = {"precision": [], "recall": [], "f1": []}
     for h, r in zip(hypotheses, references, strict=True):
         s = scorer.score(r, h)["rougeL"]  # score(target, prediction)
