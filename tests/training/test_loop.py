@@ -160,6 +160,10 @@ def test_schedule_and_config_errors(tmp_path):
     assert lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(55, cfg) == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-6)
     assert lr_at(100, cfg) == pytest.approx(1e-5)
+    for warmup in (10, 11):  # the cosine ends at min_lr, even when it is one step long
+        short = TrainConfig(max_steps=12, warmup_steps=warmup, lr=1e-3, min_lr=1e-5)
+        assert lr_at(12, short) == pytest.approx(1e-5)
+        assert lr_at(warmup - 1, short) == pytest.approx(1e-3)
     with pytest.raises(M2UGenError, match="unknown settings colour"):
         load_train_config(ROOT / "configs" / "stage1.yaml", ["colour=red"])
     with pytest.raises(M2UGenError, match="key=value"):
@@ -240,3 +244,11 @@ def test_the_logged_loss_is_the_cross_entropy_per_supervised_token(spec, tiny_di
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert logged["ce"] == pytest.approx(want, rel=1e-5)
     assert logged["loss"] == pytest.approx(logged["ce"] + logged["mse"])
+
+
+def test_fp16_on_the_cpu_is_refused_before_anything_loads(spec, tmp_path):
+    """fp16 autocast needs a CUDA GPU (a gradient scaler on CPU is not implemented): one
+    line saying what to use instead, before the model is read (it does not exist here)."""
+    cfg = _cfg(spec, tmp_path / "run", tmp_path / "no-model", precision="fp16", device="cpu")
+    with pytest.raises(M2UGenError, match="precision=fp16 needs a CUDA GPU; use bf16 or fp32"):
+        train(cfg, resume=False)
