@@ -1,20 +1,27 @@
-"""The facts of a synthetic dataset's media, read back from its true captions.
+"""Questions and answers about a synthetic dataset's media, from its true captions.
 
 `m2ugen synth-data` (m2ugen/data/synth.py) states every fact in the captions it writes:
 instrument, tempo and key of a clip ("A calm piano arpeggio in C# minor at 80 BPM."),
 colour, shape and background of an image ("A red circle on a blue background."), and the
 same plus the direction of a video ("A red circle moving upward on a blue background.").
-The learning probes and `m2ugen eval synth` score answers against these facts.
+This module reads the facts back (`read_items`), asks the questions a user would
+(`QUESTIONS`, the first of each is what `m2ugen eval synth` asks), and writes them as
+training records in the published formats (`write_qa`: MusicQA for music, MUImage- /
+MUVideo-style instruct records with a text answer for images and videos), so a model
+can learn to answer about images and videos, which the synthetic set only captions.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from m2ugen.checkpoint import atomic_write_text
 from m2ugen.data.synth import (
+    _LABEL,
     _PHRASE,
     COLOURS,
     DIRECTIONS,
@@ -106,3 +113,68 @@ VALUES: dict[str, tuple] = {
     "background": tuple(COLOURS),
     "direction": tuple(DIRECTIONS),
 }
+
+
+@dataclass(frozen=True)
+class Question:
+    """Questions about one attribute of one modality, and the answer a model should give."""
+
+    modality: str
+    attribute: str
+    asks: tuple[str, ...]  # phrasings; the first is the one evaluations ask
+    answer: Callable[[dict[str, str | int]], str]
+
+
+QUESTIONS: tuple[Question, ...] = (
+    Question("audio", "instrument", ("What instrument is playing?", "What instrument is this?",
+                                     "Which instrument do you hear?"),
+             lambda f: f"It is played on {_LABEL.get(str(f['instrument']), f['instrument'])}."),
+    Question("audio", "bpm", ("What is the tempo?", "How fast is this music?"),
+             lambda f: f"The tempo is {f['bpm']} BPM."),
+    Question("audio", "key", ("What key is it in?", "Which key is this music in?"),
+             lambda f: f"It is in {f['key']}."),
+    Question("image", "colour", ("What colour is the shape?", "What color is the shape?"),
+             lambda f: f"The shape is {f['colour']}."),
+    Question("image", "shape", ("What shape is it?", "Which shape is in the picture?"),
+             lambda f: f"It is a {f['shape']}."),
+    Question("image", "background", ("What colour is the background?",),
+             lambda f: f"The background is {f['background']}."),
+    Question("video", "direction", ("Which way does it move?", "Which way does the shape move?",
+                                    "In which direction is it moving?"),
+             lambda f: f"It moves {f['direction']}."),
+    Question("video", "colour", ("What colour is the shape?", "What color is the moving shape?"),
+             lambda f: f"The shape is {f['colour']}."),
+)
+
+QA_FILES = {"audio": "audio_qa.json", "image": "image_qa.json", "video": "video_qa.json"}
+# dataset-spec entries of the records `write_qa` writes (paths relative to the data dir)
+QA_SPEC_ENTRIES = (
+    {"format": "musicqa", "file": QA_FILES["audio"], "root": "audio"},
+    {"format": "instruct", "file": QA_FILES["image"], "input_root": "images"},
+    {"format": "instruct", "file": QA_FILES["video"], "input_root": "videos"},
+)
+
+
+def write_qa(root: str | Path) -> dict[str, int]:
+    """Write every question (each phrasing) about every medium of a `m2ugen synth-data`
+    directory as training records beside it (`QA_FILES`); returns records per file."""
+    root = Path(root)
+    items = read_items(root)
+    counts = {}
+    for modality, name in QA_FILES.items():
+        records = []
+        for it in items[modality]:
+            for q in QUESTIONS:
+                if q.modality != modality:
+                    continue
+                for ask in q.asks:
+                    turns = [{"from": "human", "value": ask}, {"from": "gpt",
+                                                              "value": q.answer(it.facts)}]
+                    if modality == "audio":
+                        records.append({"audio_name": it.path.name, "conversation": turns})
+                    else:
+                        turns[0]["input_modality"] = modality
+                        records.append({"input_file": it.path.name, "conversation": turns})
+        atomic_write_text(root / name, json.dumps(records, indent=1) + "\n")
+        counts[name] = len(records)
+    return counts
