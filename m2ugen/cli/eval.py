@@ -30,6 +30,8 @@ def _print_summary(results: dict, out: Path) -> None:
     values = ", ".join(f"{spec['label']} {spec['value']:.3f}"
                        for spec in results["metrics"].values())
     print(f"{results['task']} · {results['label']} · {results['num_items']} items: {values}")
+    for name, why in results["metrics_not_computed"].items():
+        print(f"not computed: {name} ({why})")
     print(f"wrote {run / 'results.json'}, {run / 'plot.png'} and {out / 'table.md'}")
 
 
