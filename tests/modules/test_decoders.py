@@ -105,3 +105,14 @@ def test_lengths_rates_and_determinism(any_tiny_model):
     np.testing.assert_array_equal(a, b)
     c = dec.generate(_cond(any_tiny_model, seed=9), seconds=1.5, guidance=3.0, seed=1, steps=3)
     assert np.abs(a - c).max() > 0.01 * np.abs(a).max()  # conditioning changes the audio
+
+
+def test_musicgen_generates_every_frame_it_returns(tiny_model):
+    """The delay pattern costs K − 1 decoding steps: with one step too few the last frame
+    would be padding (exact silence) behind music of the right length."""
+    dec = tiny_model.decoder
+    hop = int(round(dec.sample_rate / dec.frame_rate))
+    for seconds in (0.2, 0.5):
+        wave = dec.generate(_cond(tiny_model), seconds=seconds, guidance=3.0, seed=2)[0]
+        assert len(wave) == int(seconds * dec.sample_rate)
+        assert np.abs(wave[-hop:]).max() > 0  # the last frame was generated, not padded
