@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.m2ugen-installed
+# the eval's melody transcriber; --no-deps: its requirements force tensorflow and numpy<2
+# (requirements.txt holds what it needs instead: onnxruntime, mir_eval, pretty_midi, resampy)
+BASIC_PITCH := basic-pitch==0.4.0
 export TOKENIZERS_PARALLELISM ?= false
 # built presets (tiny) live in the checkout's ckpts/ (elsewhere: ~/.cache/m2ugen/ckpts)
 export M2UGEN_CKPTS ?= $(CURDIR)/ckpts
@@ -16,6 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps $(BASIC_PITCH)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -28,9 +28,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     **{t: ("fad_clap", "fad_encodec", "fad_mert", "kl", "inception_score", "clap_score",
            "clap_score_reference") for t in ("text2music", "image2music", "video2music")},
     "edit": ("fad_clap", "fad_encodec", "fad_mert", "kl", "inception_score", "clap_score",
-             "chroma", "chroma_dtw", "clap_score_reference"),
+             "chroma", "chroma_dtw", "melody_dtw", "note_f1", "clap_score_reference"),
     "folder": ("fad_clap", "fad_encodec", "fad_mert", "kl", "inception_score", "clap_score",
-               "chroma", "chroma_dtw"),
+               "chroma", "chroma_dtw", "melody_dtw", "note_f1", "clap_score_reference"),
 }
 TITLES = {"musicqa": "Music question answering (MusicQA)", "text2music": "Text-to-music (MUCaps)",
           "image2music": "Image-to-music (MUImage)", "video2music": "Video-to-music (MUVideo)",

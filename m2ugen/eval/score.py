@@ -19,6 +19,7 @@ import torch
 
 from m2ugen.errors import ConfigError
 from m2ugen.eval import audio_metrics as am
+from m2ugen.eval import pitch
 from m2ugen.eval import text_metrics as tm
 from m2ugen.eval.config import EvalModels
 from m2ugen.eval.embeddings import (
@@ -67,6 +68,13 @@ METRICS: dict[str, Metric] = {
                      "at the same times (-1..1)", ("sources",)),
     "chroma_dtw": Metric("Chroma-DTW", True, None, "the same along librosa's DTW alignment "
                          "of the two chromagrams (forgives tempo edits)", ("sources",)),
+    "melody_dtw": Metric("Melody-DTW", True, None, "melody/harmony kept by an edit, heard "
+                         "by a trained transcriber: basic-pitch's note activations folded to "
+                         "pitch classes, source and edit aligned by librosa's DTW, mean cosine "
+                         "similarity of aligned frames (0..1)", ("sources",)),
+    "note_f1": Metric("Note F1", True, None, "mir_eval note F1 between the notes basic-pitch "
+                      "transcribes from the source and from the edit (onsets ±50 ms, pitches "
+                      "±50 cents, offsets ignored; 0..1)", ("sources",)),
     "bleu": Metric("BLEU", True, None, "sacrebleu corpus BLEU (13a tokeniser), 0-100; "
                    "per item: sentence BLEU"),
     "bleu_char_published": Metric("BLEU-char (published)", True, None, "NLTK sentence BLEU "
@@ -84,7 +92,8 @@ METRICS: dict[str, Metric] = {
     "bertscore_f1": Metric("BERTScore F1", True, "bertscore", "torchmetrics BERTScore F1"),
 }
 MUSIC_METRICS = ("fad_clap", "fad_encodec", "fad_mert", "kl", "inception_score", "clap_score",
-                 "clap_score_reference", "chroma", "chroma_dtw")
+                 "clap_score_reference", "chroma", "chroma_dtw", "melody_dtw", "note_f1")
+PITCH_METRICS = ("melody_dtw", "note_f1")  # basic-pitch's trained model (eval/pitch.py)
 TEXT_METRICS = ("bleu", "bleu_char_published", "meteor", "rouge_l_precision",
                 "rouge_l_recall", "rouge_l_f1", "bertscore_precision", "bertscore_recall",
                 "bertscore_f1")
@@ -141,6 +150,9 @@ def score_music(generated: Sequence[Audio], metrics: Sequence[str], models: Eval
                     if not all(have[k] for k in METRICS[m].needs)}
     if n < 2:  # a Gaussian needs two samples per set (EnCodec/MERT frames are not items)
         not_computed |= {m: "needs at least 2 items" for m in metrics if m.startswith("fad_")}
+    if not pitch.available():
+        not_computed |= {m: "needs basic-pitch and onnxruntime (`make setup` installs them)"
+                         for m in metrics if m in PITCH_METRICS}
     metrics = [m for m in metrics if m not in not_computed]
     values: dict[str, float] = {}
     items: list[dict[str, float]] = [{} for _ in range(n)]
@@ -196,6 +208,18 @@ def score_music(generated: Sequence[Audio], metrics: Sequence[str], models: Eval
             if name in wanted:
                 per_item(name, [p[k] for p in pairs])
         clock.charge(sorted(wanted & {"chroma", "chroma_dtw"}), t)
+    if wanted & set(PITCH_METRICS):
+        t = time.perf_counter()
+        transcriber = pitch.Transcriber()
+        for s, g, row in zip(sources, generated, items, strict=True):
+            a, b = transcriber.transcribe(s), transcriber.transcribe(g)
+            if "melody_dtw" in wanted:
+                row["melody_dtw"] = pitch.melody_similarity(a, b)
+            if "note_f1" in wanted:
+                row["note_f1"] = pitch.note_f1(a, b)
+        for name in sorted(wanted & set(PITCH_METRICS)):
+            values[name] = float(np.mean([row[name] for row in items]))
+        clock.charge(sorted(wanted & set(PITCH_METRICS)), t)
     return Scores(values, items, {k: v / max(n, 1) for k, v in clock.spent.items()}, {},
                   not_computed)
 
@@ -275,6 +299,8 @@ def describe(metrics: Sequence[str], models: EvalModels, notes: dict[str, str]
             layer = getattr(models, f"{spec.role}_layer", None)
             if spec.role in ("mert", "bertscore"):
                 entry["layer"] = layer if layer is not None else "last"
+        if m in PITCH_METRICS:
+            entry["model"] = pitch.model_id()
         if m in notes:
             entry["note"] = notes[m]
         out[m] = entry

@@ -8,6 +8,7 @@ import shutil
 import pytest
 from PIL import Image
 
+from m2ugen.eval import pitch
 from m2ugen.eval.report import comparison_table, read_results
 from m2ugen.eval.run import FolderRun, ModelRun, evaluate_folder, evaluate_model
 from m2ugen.eval.score import METRICS
@@ -22,7 +23,8 @@ EXPECTED = {
                 "rouge_l_f1", "bertscore_precision", "bertscore_recall", "bertscore_f1"},
 }
 EXPECTED["image2music"] = EXPECTED["video2music"] = EXPECTED["text2music"]
-EXPECTED["edit"] = EXPECTED["text2music"] | {"chroma", "chroma_dtw"}
+EXPECTED["edit"] = EXPECTED["text2music"] | {"chroma", "chroma_dtw"} | (
+    {"melody_dtw", "note_f1"} if pitch.available() else set())
 
 
 @pytest.mark.parametrize("task", list(DATA))
