@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import librosa
 import numpy as np
@@ -39,22 +39,27 @@ class _Given(nn.Module):
         return features
 
 
-def frechet_distance(reference: Sequence[torch.Tensor], generated: Sequence[torch.Tensor]
+def frechet_distance(reference: Iterable[torch.Tensor], generated: Iterable[torch.Tensor]
                      ) -> float:
     """Fréchet distance between two embedding sets (FAD when they embed audio).
 
     Each element is one clip's embeddings, (d,) or (frames, d): every row is a sample of
-    its set (frame-level embedders such as EnCodec contribute all their frames).
+    its set (frame-level embedders such as EnCodec contribute all their frames). The sets
+    are consumed as they come (generators welcome): torchmetrics keeps only running sums.
     """
-    ref = torch.cat([e.reshape(-1, e.shape[-1]) for e in reference]).double()
-    gen = torch.cat([e.reshape(-1, e.shape[-1]) for e in generated]).double()
-    if len(ref) < 2 or len(gen) < 2:
+    metric: FrechetInceptionDistance | None = None
+    counts = {True: 0, False: 0}
+    for real, embeddings in ((True, reference), (False, generated)):
+        for e in embeddings:
+            rows = e.reshape(-1, e.shape[-1]).double()
+            if metric is None:
+                metric = FrechetInceptionDistance(feature=_Given(rows.shape[1]))
+                metric.set_dtype(torch.float64)
+            metric.update(rows, real=real)
+            counts[real] += len(rows)
+    if metric is None or min(counts.values()) < 2:
         raise ConfigError("the Fréchet distance needs at least two embeddings in each set; "
                           "evaluate more items (raise --limit)")
-    metric = FrechetInceptionDistance(feature=_Given(ref.shape[1]), reset_real_features=True)
-    metric.set_dtype(torch.float64)
-    metric.update(ref, real=True)
-    metric.update(gen, real=False)
     return max(0.0, float(metric.compute()))  # rounding can leave -1e-12 for equal sets
 
 

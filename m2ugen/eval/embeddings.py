@@ -11,13 +11,16 @@ the tiny offline ones (`tiny.py`) by directory, through the same code:
 | ast | `ASTForAudioClassification` (AudioSet) | label logits (B, 527) |
 
 Audio arrives as float32 mono arrays at any rate and is resampled to each model's own rate
-(soxr, `media.resample_audio`). Items of equal length run as one batch.
+(soxr, `media.resample_audio`). Clips are read a batch at a time (`ClipFiles` loads
+each file only when it is reached), so a run over thousands of clips holds a batch of
+waveforms, not all of them; frame embedders batch the clips of equal length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ from transformers import (
 )
 
 from m2ugen.errors import loading
-from m2ugen.media import resample_audio
+from m2ugen.media import read_audio, resample_audio
 from m2ugen.modules.encoders import load_mert
 
 
@@ -41,6 +44,22 @@ class Audio:
 
     waveform: np.ndarray
     sample_rate: int
+
+
+class ClipFiles(Sequence[Audio]):
+    """Audio files as a sequence of clips, each decoded when it is indexed."""
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):  # int -> Audio; slice -> list[Audio]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        wav, sr = read_audio(self.paths[index], max_seconds=None)
+        return Audio(wav, sr)
 
 
 def _at(clips: Sequence[Audio], sr: int, max_samples: int | None = None) -> list[np.ndarray]:
@@ -60,6 +79,20 @@ def _by_length(waves: list[np.ndarray]) -> list[list[int]]:
     for i, w in enumerate(waves):
         groups.setdefault(len(w), []).append(i)
     return list(groups.values())
+
+
+@torch.no_grad()
+def _iter_frames(embedder, clips: Sequence[Audio], batch_size: int) -> Iterator[torch.Tensor]:
+    """Each clip's (T, d) frames in order, `batch_size` clips loaded at a time; clips of
+    equal length within a chunk run as one batch (`embedder._embed`)."""
+    for start in range(0, len(clips), batch_size):
+        waves = _at(clips[start:start + batch_size], embedder.sample_rate)
+        out: list[torch.Tensor | None] = [None] * len(waves)
+        for group in _by_length(waves):
+            for i, frames in zip(group, embedder._embed([waves[i] for i in group]),
+                                 strict=True):
+                out[i] = frames
+        yield from out  # type: ignore[misc]
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -90,10 +123,11 @@ class ClapEmbedder:
     def audio(self, clips: Sequence[Audio], batch_size: int = 16) -> torch.Tensor:
         """(B, d): CLAP sees each clip's first window (10 s for the released models)."""
         fe = self.processor.feature_extractor
-        waves = _at(clips, self.sample_rate, int(fe.nb_max_samples))
         out = []
-        for start in range(0, len(waves), batch_size):
-            inputs = fe(waves[start:start + batch_size], sampling_rate=self.sample_rate,
+        for start in range(0, len(clips), batch_size):
+            waves = _at(clips[start:start + batch_size], self.sample_rate,
+                        int(fe.nb_max_samples))
+            inputs = fe(waves, sampling_rate=self.sample_rate,
                         return_tensors="pt").to(_device(self.model))
             out.append(self.model.get_audio_features(**inputs).pooler_output)
         return torch.nn.functional.normalize(torch.cat(out).float().cpu(), dim=-1)
@@ -129,16 +163,17 @@ class EncodecEmbedder:
     def sample_rate(self) -> int:
         return int(self.model.config.sampling_rate)
 
-    @torch.no_grad()
+    def _embed(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        x = torch.from_numpy(np.stack(waves))[:, None]  # (B, 1, S), equal lengths
+        emb = self.model.encoder(x.to(_device(self.model)))  # (B, d, T)
+        return [e.T.float().cpu() for e in emb]
+
+    def iter_frames(self, clips: Sequence[Audio], batch_size: int = 16
+                    ) -> Iterator[torch.Tensor]:
+        yield from _iter_frames(self, clips, batch_size)
+
     def frames(self, clips: Sequence[Audio]) -> list[torch.Tensor]:
-        waves = _at(clips, self.sample_rate)
-        out: list[torch.Tensor | None] = [None] * len(waves)
-        for group in _by_length(waves):
-            x = torch.from_numpy(np.stack([waves[i] for i in group]))[:, None]  # (B, 1, S)
-            emb = self.model.encoder(x.to(_device(self.model)))  # (B, d, T)
-            for j, i in enumerate(group):
-                out[i] = emb[j].T.float().cpu()
-        return out  # type: ignore[return-value]
+        return list(self.iter_frames(clips))
 
 
 class MertEmbedder:
@@ -163,18 +198,18 @@ class MertEmbedder:
     def sample_rate(self) -> int:
         return int(self.features.sampling_rate)
 
-    @torch.no_grad()
+    def _embed(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        inputs = self.features(waves, sampling_rate=self.sample_rate, return_tensors="pt")
+        values = inputs["input_values"].to(_device(self.model))
+        hidden = self.model(values, output_hidden_states=True).hidden_states[self.layer]
+        return [h.float().cpu() for h in hidden]
+
+    def iter_frames(self, clips: Sequence[Audio], batch_size: int = 16
+                    ) -> Iterator[torch.Tensor]:
+        yield from _iter_frames(self, clips, batch_size)
+
     def frames(self, clips: Sequence[Audio]) -> list[torch.Tensor]:
-        waves = _at(clips, self.sample_rate)
-        out: list[torch.Tensor | None] = [None] * len(waves)
-        for group in _by_length(waves):
-            inputs = self.features([waves[i] for i in group], sampling_rate=self.sample_rate,
-                                   return_tensors="pt")
-            values = inputs["input_values"].to(_device(self.model))
-            hidden = self.model(values, output_hidden_states=True).hidden_states[self.layer]
-            for j, i in enumerate(group):
-                out[i] = hidden[j].float().cpu()
-        return out  # type: ignore[return-value]
+        return list(self.iter_frames(clips))
 
 
 class AudioSetClassifier:
@@ -205,10 +240,9 @@ class AudioSetClassifier:
     @torch.no_grad()
     def logits(self, clips: Sequence[Audio], batch_size: int = 16) -> torch.Tensor:
         """(B, labels); AST sees each clip's first `max_length` frames (10.24 s)."""
-        waves = _at(clips, self.sample_rate)
         out = []
-        for start in range(0, len(waves), batch_size):
-            inputs = self.features(waves[start:start + batch_size],
+        for start in range(0, len(clips), batch_size):
+            inputs = self.features(_at(clips[start:start + batch_size], self.sample_rate),
                                    sampling_rate=self.sample_rate, return_tensors="pt")
             out.append(self.model(**inputs.to(_device(self.model))).logits)
         return torch.cat(out).float().cpu()

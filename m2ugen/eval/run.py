@@ -18,6 +18,7 @@ import torch
 from m2ugen.errors import ConfigError, check_device
 from m2ugen.eval import tasks as T
 from m2ugen.eval.config import EvalModels, resolve_eval_models
+from m2ugen.eval.embeddings import ClipFiles
 from m2ugen.eval.report import read_results, write_plot, write_results, write_table
 from m2ugen.eval.score import (
     METRICS,
@@ -26,7 +27,6 @@ from m2ugen.eval.score import (
     Scores,
     choose_metrics,
     describe,
-    load_clip,
     score_music,
     score_text,
 )
@@ -126,12 +126,11 @@ def evaluate_model(run: ModelRun) -> dict[str, Any]:
     free_memory()
     rows = [T.read_item(run_dir, it.id) for it in items]
     if task.makes_music:
-        generated = [load_clip(run_dir / r["music"]) for r in rows]
         scores = score_music(
-            generated, metrics, models, device,
-            references=[load_clip(r["reference_audio"]) for r in rows],
+            ClipFiles([run_dir / r["music"] for r in rows]), metrics, models, device,
+            references=ClipFiles([r["reference_audio"] for r in rows]),
             captions=[r["caption"] for r in rows],
-            sources=[load_clip(r["media"]["audio"]) for r in rows] if task.name == "edit"
+            sources=ClipFiles([r["media"]["audio"] for r in rows]) if task.name == "edit"
             else None, seed=settings.seed)
     else:
         scores = score_text([r["reply"] for r in rows], [r["reference_text"] for r in rows],
@@ -216,11 +215,11 @@ def evaluate_folder(run: FolderRun) -> dict[str, Any]:
         lacking = [n for n in names if n not in src]
         if lacking:
             raise ConfigError(f"--sources {run.sources}: no source for {lacking[0]}")
-        sources = [load_clip(src[n]) for n in names]
+        sources = ClipFiles([src[n] for n in names])
     label = run.label or Path(run.generated).absolute().name
     models = resolve_eval_models(run.embeddings, run.model_overrides)
-    scores = score_music([load_clip(gen[n]) for n in names], metrics, models, device,
-                         references=[load_clip(ref[n]) for n in names], captions=captions,
+    scores = score_music(ClipFiles([gen[n] for n in names]), metrics, models, device,
+                         references=ClipFiles([ref[n] for n in names]), captions=captions,
                          sources=sources, seed=run.seed)
     rows = [{"id": n, "music": str(gen[n]), "reference_audio": str(ref[n]),
              **({"caption": captions[i]} if captions else {})} for i, n in enumerate(names)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,6 @@ from m2ugen.eval.embeddings import (
     EncodecEmbedder,
     MertEmbedder,
 )
-from m2ugen.media import read_audio
 
 
 @dataclass(frozen=True)
@@ -110,11 +108,6 @@ def choose_metrics(requested: Sequence[str] | None, available: Sequence[str]) ->
     return [m for m in available if m in requested]
 
 
-def load_clip(path: str | Path) -> Audio:
-    wav, sr = read_audio(path, max_seconds=None)
-    return Audio(wav, sr)
-
-
 @dataclass
 class Scores:
     """What a scoring pass found: metric → value, per-item scores, seconds per item."""
@@ -172,7 +165,7 @@ def score_music(generated: Sequence[Audio], metrics: Sequence[str], models: Eval
         ref = clap.audio(references) if references is not None and \
             wanted & {"fad_clap", "clap_score_reference"} else None
         if "fad_clap" in wanted:
-            values["fad_clap"] = am.frechet_distance(list(ref), list(gen))
+            values["fad_clap"] = am.frechet_distance(ref, gen)  # one row per clip
         if captions is not None and wanted & {"clap_score", "clap_score_reference"}:
             text = clap.text(captions)
             if "clap_score" in wanted:
@@ -187,7 +180,8 @@ def score_music(generated: Sequence[Audio], metrics: Sequence[str], models: Eval
             t = time.perf_counter()
             ref_of = getattr(models, METRICS[name].role)
             emb = cls.load(ref_of, device) if layer is None else cls.load(ref_of, device, layer)
-            values[name] = am.frechet_distance(emb.frames(references), emb.frames(generated))
+            values[name] = am.frechet_distance(emb.iter_frames(references),
+                                               emb.iter_frames(generated))
             clock.charge([name], t)
             del emb
     if wanted & {"kl", "inception_score"}:

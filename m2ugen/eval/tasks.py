@@ -234,15 +234,18 @@ def _reply(model, item: Item, s: RunSettings) -> tuple[Any, torch.Tensor | None]
     return result, hidden
 
 
-def _render(model, replies: list[tuple[Any, torch.Tensor]], s: RunSettings, seed: int):
+def _render(model, batch: list[Item], replies: list[tuple[Any, torch.Tensor]], s: RunSettings,
+            seed: int):
     """One decoder call for a batch of replies → waveforms (B, samples).
 
     Exactly what `ChatSession.send(music="always")` renders for one reply: the projector
-    output ÷ 10 (condition="embedding") or the reply text (condition="text").
+    output ÷ 10 (condition="embedding") or the reply text (condition="text"; an empty
+    reply, which the chat refuses, prompts with the item's own prompt instead).
     """
     decoder = model.load_decoder()
     if s.condition == "text":
-        texts = [r.text if r.text.strip() else "music" for r, _ in replies]
+        texts = [r.text if r.text.strip() else it.prompt
+                 for it, (r, _) in zip(batch, replies, strict=True)]
         return decoder.generate_from_text(texts, s.seconds, s.guidance, seed, s.steps)
     with torch.no_grad():
         cond = torch.cat([model.project(h[None]) for _, h in replies]) / TARGET_SCALE
@@ -286,7 +289,7 @@ def generate(model, items: list[Item], out: Path, settings: RunSettings,
     for batch in todo:
         t0 = time.perf_counter()
         replies = [_reply(model, it, settings) for it in batch]
-        waves = _render(model, replies, settings, settings.seed + batch[0].n) \
+        waves = _render(model, batch, replies, settings, settings.seed + batch[0].n) \
             if task.makes_music else None
         per_item = (time.perf_counter() - t0) / len(batch)
         for j, (it, (result, _)) in enumerate(zip(batch, replies, strict=True)):
