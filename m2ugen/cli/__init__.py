@@ -216,7 +216,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--captions", type=Path, metavar="FILE",
                    help="MUCaps-format JSON {file name: caption} for the CLAP score")
     f.add_argument("--sources", type=Path, metavar="DIR",
-                   help="the edits' source clips (same names) for the chroma similarity")
+                   help="what each clip should follow (same names): an edit's source or a "
+                        "melody prompt, for the chroma, melody and note-F1 scores")
     f.add_argument("--label", help="the row name in tables (default: the --generated folder)")
     f.add_argument("--out", type=Path, metavar="DIR",
                    help="results: DIR/<label>/ and DIR/table.md (default eval_results/folder)")
