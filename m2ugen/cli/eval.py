@@ -27,8 +27,10 @@ def _metrics(args: argparse.Namespace) -> list[str] | None:
 
 def _print_summary(results: dict, out: Path) -> None:
     run = out / results["label"]
-    values = ", ".join(f"{spec['label']} {spec['value']:.3f}"
-                       for spec in results["metrics"].values())
+    from m2ugen.eval.report import number
+
+    values = ", ".join(f"{spec['label']} {number(name, spec['value'])}"
+                       for name, spec in results["metrics"].items())
     print(f"{results['task']} · {results['label']} · {results['num_items']} items: {values}")
     for name, why in results["metrics_not_computed"].items():
         print(f"not computed: {name} ({why})")

@@ -71,11 +71,18 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def number(name: str, value: float) -> str:
+    """A metric value as tables show it: BLEU (0-100) to 2 decimals, others to 3; values
+    too small for that in scientific notation (a near-zero FAD is not zero)."""
+    if value != 0 and abs(value) < 5e-4:
+        return f"{value:.2e}"
+    return f"{value:.2f}" if name == "bleu" else f"{value:.3f}"
+
+
 def _cell(name: str, value: float | None, std: float | None = None) -> str:
     if value is None:
         return "–"
-    text = f"{value:.2f}" if name == "bleu" else f"{value:.3f}"
-    return f"{text} ± {std:.3f}" if std else text
+    return f"{number(name, value)} ± {std:.3f}" if std else number(name, value)
 
 
 def comparison_table(runs: Sequence[dict[str, Any]]) -> str:
