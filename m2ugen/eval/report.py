@@ -135,17 +135,22 @@ def write_plot(path: Path, runs: Sequence[dict[str, Any]]) -> Path | None:
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     name = next((m for r in runs if (m := plot_metric(r))), None)
     if name is None:
         return None
+    per_run = [[row["scores"][name] for row in r["items"] if name in row.get("scores", {})]
+               for r in runs]
+    everything = [v for scores in per_run for v in scores]
+    edges = np.histogram_bin_edges(everything, bins=min(30, max(5, len(everything) // 2)))
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     try:
-        for r in runs:
-            scores = [row["scores"][name] for row in r["items"] if name in row.get("scores", {})]
-            if scores:
-                ax.hist(scores, bins=min(30, max(5, len(scores) // 2)), alpha=0.6,
+        for r, scores in zip(runs, per_run, strict=True):
+            if scores:  # the same bins for every run, so the runs compare
+                ax.hist(scores, bins=edges, alpha=0.6,
                         label=f"{r['label']} (mean {np.mean(scores):.3f}, n={len(scores)})")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         arrow = "higher is better" if METRICS[name].higher_is_better else "lower is better"
         ax.set_xlabel(f"{METRICS[name].label} per item ({arrow})")
         ax.set_ylabel("items")
