@@ -8,7 +8,8 @@ import pytest
 
 from m2ugen.cli import main
 
-FAST = ["--limit", "2", "--seconds", "0.5", "--max-new-tokens", "6", "--batch-size", "2"]
+FAST = ["--limit", "2", "--seconds", "0.5", "--max-new-tokens", "6", "--batch-size", "2",
+        "--metrics", "fad_clap,clap_score"]  # every metric runs in test_run.py
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
