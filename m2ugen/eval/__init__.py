@@ -5,6 +5,7 @@
 - `config.py`  which of those models a run uses (`standard` hub ids, `tiny`, a JSON file)
 - `tiny.py`    the tiny offline versions of those models
 - `audio_metrics.py`, `text_metrics.py`  the metrics, each computed by its package
+- `pitch.py`   melody metrics on basic-pitch's trained transcriber (ONNX, in its wheel)
 - `score.py`   every metric's definition; scoring music or replies against references
 - `report.py`  results.json, the Markdown comparison table, the PNG plot
 - `run.py`     a model on a task, or a folder of music, end to end
