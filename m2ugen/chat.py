@@ -208,7 +208,6 @@ class ChatSession:
             raise ChatError(f"unknown option(s) {', '.join(sorted(unknown))}; sampling options "
                             f"are {', '.join(sorted(_FIELDS[GenerationSettings]))}, music "
                             f"options {', '.join(sorted(_FIELDS[MusicSettings]))}")
-        music_opts.pop("music", None)
         if isinstance(music, str):
             music = MusicSettings(music=music, **music_opts)
         elif music is None:  # music options alone ask for music; a seed alone is for sampling
