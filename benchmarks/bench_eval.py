@@ -36,6 +36,7 @@ from transformers import (
 
 from m2ugen.data.synth import SR, Clip, render_clip
 from m2ugen.eval import audio_metrics as am
+from m2ugen.eval import pitch
 from m2ugen.eval import text_metrics as tm
 from m2ugen.eval.embeddings import (
     Audio,
@@ -65,6 +66,75 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def audio_rows(dev: torch.device, n: int, seconds: float, tok) -> dict[str, float]:
+    """Each audio metric's seconds per item; each model is dropped before the next."""
+    gen, ref = clips(n, seconds), clips(n, seconds)[::-1]
+    captions = [f"A calm piano piece number {i}." for i in range(n)]
+    rows: dict[str, float] = {}
+
+    def clap_rows() -> None:
+        clap = ClapEmbedder(ClapModel(ClapConfig()).to(dev), ClapProcessor(
+            feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"), tokenizer=tok),
+            "clap")
+        rows["fad_clap (CLAP HTSAT)"] = timed(
+            lambda: am.frechet_distance(clap.audio(ref), clap.audio(gen)), n)
+        rows["clap_score"] = timed(lambda: am.clap_scores(clap.text(captions), clap.audio(gen)),
+                                   n)
+
+    def frame_rows() -> None:
+        enc = EncodecEmbedder(EncodecModel(EncodecConfig()).to(dev),
+                              EncodecFeatureExtractor(sampling_rate=24000), "encodec")
+        rows["fad_encodec (EnCodec 24 kHz)"] = timed(
+            lambda: am.frechet_distance(enc.iter_frames(ref), enc.iter_frames(gen)), n)
+        mert = MertEmbedder(HubertModel(HubertConfig()).to(dev), Wav2Vec2FeatureExtractor(
+            sampling_rate=24000, do_normalize=True), "mert", layer=12)
+        rows["fad_mert (HuBERT-base size = MERT-v1-95M)"] = timed(
+            lambda: am.frechet_distance(mert.iter_frames(ref), mert.iter_frames(gen)), n)
+
+    def ast_rows() -> None:
+        labels = {i: str(i) for i in range(527)}
+        ast = AudioSetClassifier(ASTForAudioClassification(ASTConfig(
+            id2label=labels, label2id={v: k for k, v in labels.items()})).to(dev),
+            ASTFeatureExtractor(), "ast")
+        rows["kl (AST-base)"] = timed(lambda: am.kl_per_item(ast.logits(ref), ast.logits(gen)),
+                                      n)
+        rows["inception_score (AST-base)"] = timed(lambda: am.inception_score(ast.logits(gen)),
+                                                   n)
+
+    for measure in (clap_rows, frame_rows, ast_rows):
+        measure()
+    rows["chroma + chroma_dtw (librosa)"] = timed(
+        lambda: [am.chroma_similarity(s.waveform, g.waveform, SR) for s, g in
+                 zip(ref, gen, strict=True)],
+        n)
+    if pitch.available():
+        model = pitch.Transcriber()
+
+        def melody() -> None:
+            for s, g in zip(ref, gen, strict=True):
+                a, b = model.transcribe(s), model.transcribe(g)
+                pitch.melody_similarity(a, b), pitch.note_f1(a, b)
+
+        rows["melody_dtw + note_f1 (basic-pitch ONNX)"] = timed(melody, n)
+    return rows
+
+
+def text_rows(dev: torch.device, tok) -> dict[str, float]:
+    replies = [f"It is played on piano at {100 + i} BPM, in a calm mood." for i in range(32)]
+    answers = [f"The piano plays at {100 + 2 * i} BPM; it sounds calm." for i in range(32)]
+    n = len(replies)
+    rows = {"bleu (sacrebleu)": timed(lambda: tm.bleu(replies, answers), n),
+            "bleu_char_published (NLTK)": timed(lambda: tm.bleu_characters(replies, answers), n),
+            "meteor (NLTK)": timed(lambda: tm.meteor(replies, answers), n),
+            "rouge_l (rouge-score)": timed(lambda: tm.rouge_l(replies, answers), n)}
+    large = RobertaConfig(vocab_size=len(tok), hidden_size=1024, num_hidden_layers=24,
+                          num_attention_heads=16, intermediate_size=4096,
+                          max_position_embeddings=514, pad_token_id=1)
+    bert = tm.BertScorer(RobertaModel(large).to(dev).eval(), tok, "roberta-large", 17)
+    rows["bertscore (RoBERTa-large, layer 17)"] = timed(lambda: bert.score(replies, answers), n)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=4)
@@ -73,56 +143,10 @@ def main() -> None:
     args = p.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    gen, ref = clips(args.items, args.seconds), clips(args.items, args.seconds)[::-1]
-    captions = [f"A calm piano piece number {i}." for i in range(args.items)]
     tok = _roberta_tokenizer(tiny_corpus())
-    rows: dict[str, float] = {}
-
-    clap = ClapEmbedder(ClapModel(ClapConfig()).to(dev), ClapProcessor(
-        feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"), tokenizer=tok), "clap")
-    rows["fad_clap (CLAP HTSAT)"] = timed(
-        lambda: am.frechet_distance(list(clap.audio(ref)), list(clap.audio(gen))), args.items)
-    rows["clap_score"] = timed(lambda: am.clap_scores(clap.text(captions), clap.audio(gen)),
-                               args.items)
-    del clap
-    enc = EncodecEmbedder(EncodecModel(EncodecConfig()).to(dev),
-                          EncodecFeatureExtractor(sampling_rate=24000), "encodec")
-    rows["fad_encodec (EnCodec 24 kHz)"] = timed(
-        lambda: am.frechet_distance(enc.frames(ref), enc.frames(gen)), args.items)
-    del enc
-    mert = MertEmbedder(HubertModel(HubertConfig()).to(dev), Wav2Vec2FeatureExtractor(
-        sampling_rate=24000, do_normalize=True), "mert", layer=12)
-    rows["fad_mert (HuBERT-base size = MERT-v1-95M)"] = timed(
-        lambda: am.frechet_distance(mert.frames(ref), mert.frames(gen)), args.items)
-    del mert
-    labels = {i: str(i) for i in range(527)}
-    ast = AudioSetClassifier(ASTForAudioClassification(ASTConfig(
-        id2label=labels, label2id={v: k for k, v in labels.items()})).to(dev),
-        ASTFeatureExtractor(), "ast")
-    rows["kl (AST-base)"] = timed(lambda: am.kl_per_item(ast.logits(ref), ast.logits(gen)),
-                                  args.items)
-    rows["inception_score (AST-base)"] = timed(lambda: am.inception_score(ast.logits(gen)),
-                                               args.items)
-    del ast
-    rows["chroma + chroma_dtw (librosa)"] = timed(
-        lambda: [am.chroma_similarity(s.waveform, g.waveform, SR) for s, g in zip(ref, gen)],
-        args.items)
-
-    replies = [f"It is played on piano at {100 + i} BPM, in a calm mood." for i in range(32)]
-    answers = [f"The piano plays at {100 + 2 * i} BPM; it sounds calm." for i in range(32)]
-    n = len(replies)
-    rows["bleu (sacrebleu)"] = timed(lambda: tm.bleu(replies, answers), n)
-    rows["bleu_char_published (NLTK)"] = timed(lambda: tm.bleu_characters(replies, answers), n)
-    rows["meteor (NLTK)"] = timed(lambda: tm.meteor(replies, answers), n)
-    rows["rouge_l (rouge-score)"] = timed(lambda: tm.rouge_l(replies, answers), n)
-    large = RobertaConfig(vocab_size=len(tok), hidden_size=1024, num_hidden_layers=24,
-                          num_attention_heads=16, intermediate_size=4096,
-                          max_position_embeddings=514, pad_token_id=1)
-    bert = tm.BertScorer(RobertaModel(large).to(dev).eval(), tok, "roberta-large", 17)
-    rows["bertscore (RoBERTa-large, layer 17)"] = timed(lambda: bert.score(replies, answers), n)
-
+    rows = audio_rows(dev, args.items, args.seconds, tok) | text_rows(dev, tok)
     print(f"seconds per item on {args.device} ({torch.get_num_threads()} threads), "
-          f"{args.seconds:g} s clips, {args.items} clips / {n} answers:")
+          f"{args.seconds:g} s clips, {args.items} clips / 32 answers:")
     for name, seconds in rows.items():
         print(f"  {name:45s} {seconds:8.3f}")
 
