@@ -120,6 +120,7 @@ def evaluate_model(run: ModelRun) -> dict[str, Any]:
     models = resolve_eval_models(run.embeddings, run.model_overrides, default=default)
     T.generate(model, items, run_dir, settings,
                describe={"model": str(run.model), "label": label, "data": str(run.data),
+                         "device": str(device), "m2ugen_version": _version(),
                          "num_items": len(items), "skipped_records": skipped,
                          "eval_models": models.as_dict()})
     del model
