@@ -116,3 +116,12 @@ def test_changed_base_component_is_reported(tmp_path, caplog):
     build_tiny(tmp_path / "base", seed=6, model_cls=M2UGen)  # same shapes, other weights
     M2UGen.from_pretrained(saved)
     assert "is not the llm this model was trained on" in caplog.text
+
+
+def test_trained_tensor_names_carry_no_peft_wrapper_parts(tiny_model):
+    """`adapter.safetensors` names are ours, stable across peft versions: no
+    `base_model.model.`, `.default`, `.base_layer.` or `.token_adapter.` in any of them."""
+    names = list(tiny_model.trained_parameters())
+    assert any(n.startswith("llm.model.model.layers.") for n in names)  # peft's LLM inside
+    for part in ("base_model.model.", ".default", ".base_layer.", ".token_adapter."):
+        assert not [n for n in names if part in n], part
