@@ -26,12 +26,13 @@ from m2ugen.cli.commands import (
 )
 from m2ugen.cli.common import OneLineParser, flag_name, setup_logging
 from m2ugen.cli.eval import cmd_eval
+from m2ugen.cli.eval_synth import cmd_eval_synth
 from m2ugen.errors import M2UGenError
 
 __all__ = ["OneLineParser", "build_parser", "flag_name", "main", "setup_logging"]
 
-_MODEL_HELP = ("model directory or preset (tiny, musicgen-small, musicgen-medium, audioldm2); "
-               "default: tiny")
+_MODEL_HELP = ("model directory or preset (tiny, tiny-trained, musicgen-small, musicgen-medium, "
+               "audioldm2); default: tiny")
 _TRUST_HELP = ("let a MERT whose config needs its own Python code (auto_map) run that code; "
                "only for model directories you trust")
 _FORCE_HELP = ("write into a non-empty directory that is not an m2ugen model directory (only "
@@ -115,10 +116,15 @@ def _add_synth_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_make_tiny(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-tiny", help="build the tiny offline preset (random weights)")
+    p = sub.add_parser("make-tiny", help="build the tiny offline preset (random weights), or "
+                       "with --trained the tiny-trained one")
     p.add_argument("out", type=Path, help="output model directory")
     p.add_argument("--decoder", choices=["musicgen", "audioldm2"], default="musicgen")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trained", action="store_true",
+                   help="train it on synthetic data (the tiny-trained preset's recipe: a "
+                        "small LLaMA pretrained on the data's text, then stages 1-3; "
+                        "minutes on a CPU; musicgen only)")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty directory that is not an m2ugen model "
                         "directory (only the model's own files are written)")
@@ -175,7 +181,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="the paper's evaluation: a model on a task, a folder of "
                        "music, or a table of earlier runs")
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK",
-                             help=f"{', '.join(_EVAL_TASKS)}, folder or report")
+                             help=f"{', '.join(_EVAL_TASKS)}, folder, report or synth")
     for name in _EVAL_TASKS:
         t = tasks.add_parser(name, help=f"generate for the {name} records of --data and "
                              "score them (resumable)")
@@ -222,6 +228,22 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", type=Path, metavar="DIR",
                    help="results: DIR/<label>/ and DIR/table.md (default eval_results/folder)")
     _eval_models(f)
+    s = tasks.add_parser("synth", help="does the model answer from its inputs? questions "
+                         "and music requests on held-out synthetic data (true / no / shuffled "
+                         "inputs)")
+    s.add_argument("--model", default="tiny-trained", help=_MODEL_HELP.replace(
+        "default: tiny", "default: tiny-trained"))
+    s.add_argument("--data", type=Path, metavar="DIR",
+                   help="a `m2ugen synth-data` directory (default: one written with --seed)")
+    s.add_argument("--seed", type=int, default=1,
+                   help="seed of the held-out set; not the one the model was trained on "
+                        "(tiny-trained: 0)")
+    s.add_argument("--n", type=int, default=100, help="clips, images and videos (default 100)")
+    s.add_argument("--out", type=Path, default=Path("eval_results/synth"), metavar="DIR",
+                   help="results.json (every reply) and table.md (default eval_results/synth)")
+    s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    s.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+    s.set_defaults(func=cmd_eval_synth)
     r = tasks.add_parser("report", help="one Markdown table (and plot) comparing result folders")
     r.add_argument("results", nargs="+", type=Path, metavar="DIR",
                    help="run folders, folders of runs (an --out of eval) or results.json files")

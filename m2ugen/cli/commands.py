@@ -21,6 +21,14 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     from m2ugen.presets.tiny import build_tiny
 
     check_seed(args.seed, "--seed")
+    if args.trained:
+        from m2ugen.training.tiny_trained import Recipe, build_tiny_trained
+
+        if args.decoder != "musicgen":
+            raise ConfigError("--trained builds a MusicGen model only; drop --decoder")
+        out = build_tiny_trained(args.out, Recipe(seed=args.seed), force=args.force)
+        print(f"wrote the tiny-trained preset to {out}")
+        return 0
     out = build_tiny(args.out, decoder=args.decoder, seed=args.seed, force=args.force,
                      model_cls=M2UGen)
     print(f"wrote the tiny {args.decoder} preset to {out}")

@@ -3,6 +3,8 @@
 The hub presets name the base components only; their trained tensors come from a model
 directory (training output or `m2ugen convert-original`). `tiny` is special: it is built
 on first use into `<ckpts>/tiny` by `m2ugen.presets.tiny`, random weights, all components local.
+`tiny-trained` likewise into `<ckpts>/tiny-trained`: the tiny components trained on
+synthetic data (`m2ugen.presets.tiny_trained`; minutes, once).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from m2ugen.config import M2UGenConfig
 from m2ugen.errors import ConfigError
 from m2ugen.modules.decoders import audioldm2_cond_shape, musicgen_cond_shape
 from m2ugen.presets.tiny import ensure_tiny
+from m2ugen.presets.tiny_trained import ensure_tiny_trained
 
 _LLAMA2 = "meta-llama/Llama-2-7b-hf"
 
@@ -49,7 +52,7 @@ HUB_PRESETS: dict[str, Callable[[], M2UGenConfig]] = {
     "musicgen-medium": musicgen_medium,
     "audioldm2": audioldm2,
 }
-PRESET_NAMES = ("tiny", "tiny-audioldm2", *HUB_PRESETS)
+PRESET_NAMES = ("tiny", "tiny-audioldm2", "tiny-trained", *HUB_PRESETS)
 
 
 def ckpts_dir() -> Path:
@@ -85,6 +88,9 @@ def resolve_model(name_or_dir: str | Path, *,
     if text in ("tiny", "tiny-audioldm2"):
         decoder = "musicgen" if text == "tiny" else "audioldm2"
         path = ensure_tiny(tiny_dir(decoder), decoder=decoder, model_cls=model_cls)
+        return M2UGenConfig.load(path), path
+    if text == "tiny-trained":
+        path = ensure_tiny_trained(ckpts_dir() / "tiny-trained")
         return M2UGenConfig.load(path), path
     path = Path(text).expanduser()
     if path.is_dir():
