@@ -14,6 +14,11 @@ for fitting, half for testing), with three probes per attribute:
             SwiGLU blocks, one D-wide vector) + a linear head, trained with Adam — what
             can reach the LLM through the one injected vector per modality.
 
+It also prints each modality's common direction: the mean pairwise cosine between items
+of the token-averaged, L2-normalised features — what the adapter's Conv1d + L2 norm start
+from. Near 1, every item looks the same to the LLM however separable the features are
+for a probe (the tiny preset's MERT stand-in: 0.98; stage 1 cannot use it).
+
 For audio it also probes `frames`: the per-frame hidden states that the encoder averages
 away (DESIGN.md §1: MERT features are the time mean of every layer), summarised by the
 modulation spectrum of each channel — whether tempo is in the audio before averaging.
@@ -127,7 +132,8 @@ def score(pred, y, test, values, attr) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny", help="model whose encoders to probe")
+    p.add_argument("--model", default="tiny",
+                   help="model whose encoders to probe (tiny, tiny-trained, a directory)")
     p.add_argument("--n", type=int, default=200, help="items per modality")
     p.add_argument("--seed", type=int, default=1, help="synthetic data seed")
     p.add_argument("--dim", type=int, default=64, help="adapter width (the LLM width)")
@@ -147,6 +153,11 @@ def main() -> None:
           f"{args.n - args.n // 2} test; encoding took {took:.1f} s")
     print(f"{'modality':8} {'attribute':11} {'chance':>6} {'centroid':>8} {'ridge':>18} "
           f"{'adapter':>18}  {'frames (ridge)':>18}")
+    for m in ATTRIBUTES:
+        pooled = torch.nn.functional.normalize(feats[m].mean(1), dim=-1)
+        cos = (pooled @ pooled.T).fill_diagonal_(float("nan")).nanmean()
+        print(f"{m}: common direction (mean pairwise cosine after averaging tokens and L2 "
+              f"normalising) {cos:.3f}")
     for m, attrs in ATTRIBUTES.items():
         fit, test = split(len(items[m]), args.seed)
         x = standardise(feats[m], fit)

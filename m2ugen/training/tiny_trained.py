@@ -93,26 +93,26 @@ class Recipe:
     """Every size and count of a tiny-trained build (defaults: the preset's)."""
 
     seed: int = 0
-    n_audio: int = 400
-    n_images: int = 400
+    n_audio: int = 300
+    n_images: int = 300
     n_videos: int = 200
     vocab_size: int = 800
     llm_dim: int = 64
     llm_layers: int = 4
     llm_heads: int = 4
     llm_ffn: int = 176
-    pretrain_steps: int = 300
-    pretrain_batch: int = 32
-    pretrain_lr: float = 3e-3
+    pretrain_steps: int = 400
+    pretrain_batch: int = 16
+    pretrain_lr: float = 5e-3
     lora_rank: int = 8
     adapter_blocks: int = 1
     projector_width: int = 64
     projector_layers: int = 2
     projector_ffn: int = 128
     stages: dict[int, StageNumbers] = field(default_factory=lambda: {
-        1: StageNumbers(max_steps=600, batch_size=16, lr=3e-3, min_lr=1e-4, warmup_steps=20),
-        2: StageNumbers(max_steps=200, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=10),
-        3: StageNumbers(max_steps=600, batch_size=16, lr=2e-3, min_lr=1e-4, warmup_steps=20),
+        1: StageNumbers(max_steps=900, batch_size=16, lr=1e-2, min_lr=1e-3, warmup_steps=30),
+        2: StageNumbers(max_steps=300, batch_size=16, lr=3e-3, min_lr=1e-4, warmup_steps=10),
+        3: StageNumbers(max_steps=400, batch_size=16, lr=3e-3, min_lr=1e-4, warmup_steps=20),
     })
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +130,8 @@ def write_data(root: Path, recipe: Recipe) -> Path:
                n_videos=recipe.n_videos)
     write_qa(root)
     spec = yaml.safe_load(SPEC_TEMPLATE.format(seed=recipe.seed))
+    # the questions in stage 1 too, where the adapters train (see the module docstring)
+    spec["stage1"] = [*spec["stage1"], *QA_SPEC_ENTRIES]
     spec["stage3"] = [*spec["stage3"], *QA_SPEC_ENTRIES]
     path = root / "train.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
@@ -199,7 +201,7 @@ def build_base(root: Path, spec: Path, recipe: Recipe) -> Path:
     pretrain_llm(texts, tokenizer, recipe).save_pretrained(root / "llm")
     torch.manual_seed(recipe.seed)
     dims = _save_encoders(root)
-    dims |= save_encoders(root, recipe.seed)  # MERT and ViT stand-ins whose features vary
+    dims |= save_encoders(root)  # MERT and ViT stand-ins whose features vary
     dims |= _save_decoder(root, "musicgen", texts, recipe.seed)
     base = root.resolve()
     config = M2UGenConfig(
@@ -220,21 +222,25 @@ def build_base(root: Path, spec: Path, recipe: Recipe) -> Path:
     return root
 
 
-def save_encoders(root: Path, seed: int) -> dict[str, int]:
-    """Replace the tiny preset's MERT and ViT stand-ins (still random, still frozen) with
-    configs whose features carry the synthetic facts (benchmarks/probe_synth_features.py):
+ENCODER_SEED = 0  # the draw of the frozen random MERT / ViT stand-ins (see save_encoders)
 
-    - MERT: the tiny HuBERT with a LayerNorm front end and conv biases gives clips whose
-      time-averaged features have a mean pairwise cosine of 0.98 — after the adapter's L2
-      normalisation the LLM sees nearly one vector for every clip, and stage 1 learns
-      nothing from it (even one-hot "oracle" features in that shape barely move it while
-      the Conv1d's scalar bias dominates). A GroupNorm front end without conv biases (the
-      HuBERT-base / MERT-v1-95M layout) spreads them (cosine 0.59; linear probe of the
-      instrument 98 % vs 84 %).
+
+def save_encoders(root: Path) -> dict[str, int]:
+    """Replace the tiny preset's MERT and ViT stand-ins (still random, still frozen) with
+    draws whose features carry the synthetic facts (benchmarks/probe_synth_features.py):
+
+    - MERT: time-averaged features of a random HuBERT share one dominant direction: the
+      tiny preset's (LayerNorm front end, conv biases) have a mean pairwise cosine of 0.98
+      between clips, and the adapter's L2 normalisation keeps that direction, so the LLM
+      sees nearly one vector for every clip and stage 1 learns nothing from them. A
+      GroupNorm front end without conv biases (the HuBERT-base / MERT-v1-95M layout)
+      separates instruments linearly (probe 97-100 %) but its common direction depends on
+      the draw: cosine 0.59 for this one (seed ENCODER_SEED), 0.95-0.99 for others we
+      drew, which stage 1 could not use either. The draw is fixed, not the recipe's seed.
     - ViT: 64 px (8 px patches, 65 tokens) at initialiser range 0.2 instead of 32 px at
-      0.02: the shape's colour beside the background's (probe 95 % vs 81 %).
+      0.02: the shape's colour beside the background's (adapter probe 95 % vs 81 %).
     """
-    torch.manual_seed(seed + 11)
+    torch.manual_seed(ENCODER_SEED)
     mert = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
                         num_conv_pos_embedding_groups=2, feat_extract_norm="group",
@@ -245,6 +251,7 @@ def save_encoders(root: Path, seed: int) -> dict[str, int]:
                              ).save_pretrained(root / "mert")
     vit = ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2,
                     num_attention_heads=2, intermediate_size=64, initializer_range=0.2)
+    torch.manual_seed(ENCODER_SEED)
     ViTModel(vit, add_pooling_layer=False).save_pretrained(root / "vit")
     ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(root / "vit")
     return {"mert_layers": 3, "mert_dim": 32, "vit_tokens": 65, "vit_dim": 32}
