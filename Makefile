@@ -31,8 +31,10 @@ test: setup
 examples: setup
 	$(BIN)/python examples/make_examples.py
 
-# the chat app on the tiny offline model at http://127.0.0.1:7860 (MODEL=DIR for real weights)
-MODEL ?= tiny
+# the chat app at http://127.0.0.1:7860 on the tiny-trained preset (built into ckpts/ on
+# first use: synthetic data + training, ~5 min on 2 CPU cores); MODEL=tiny for the instant
+# random one, MODEL=DIR for real weights
+MODEL ?= tiny-trained
 demo: setup examples
 	$(BIN)/python gradio_app.py --model $(MODEL)
 
@@ -40,7 +42,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) ckpts/tiny ckpts/tiny-audioldm2 .pytest_cache
+	rm -rf $(VENV) ckpts/tiny ckpts/tiny-audioldm2 ckpts/tiny-trained .pytest_cache
 
 # Mutation testing of the core modules with mutmut (tools/mutate.py; config in pyproject.toml
 # [tool.mutmut]; work files in mutants/). Not part of `make test`: slow, run it on a quiet

@@ -51,6 +51,17 @@ TINY_NOTICE = (
     "and its music is noise; it only shows that every code path works. README.md → "
     "*Real weights* explains how to run a trained model (`m2ugen app --model DIR`)."
 )
+TINY_TRAINED_NOTICE = (
+    "**This is the tiny-trained model: tiny components trained here on synthetic data "
+    "only.** It knows what that data holds: 5 instruments (piano, organ, strings, bass, "
+    "drums and bass), tempos 80–140 BPM and 24 keys in music; 8 colours (red, green, blue, "
+    "yellow, purple, orange, white, black) and 3 shapes in pictures; 4 directions (left to "
+    "right, right to left, upward, downward) in videos — ask it the questions of the "
+    "examples below, about media like theirs (`m2ugen synth-data`). `m2ugen eval synth` "
+    "measures how often it is right. Its music decoder is an untrained random MusicGen: "
+    "the music is noise. README.md → *Real weights* explains how to run a real model "
+    "(`m2ugen app --model DIR`)."
+)
 UNTRAINED_NOTICE = (
     "**This model has no trained tensors (adapters, gates, projector)**: it ignores your "
     "media. README.md → *Real weights* explains where trained weights come from."
@@ -60,6 +71,15 @@ EXAMPLES = (  # (prompt, file in the examples folder or None): m2ugen.examples w
     ("Describe this music: instruments, tempo and mood.", "piano_120bpm.wav"),
     ("Write a soundtrack for this video.", "shapes.mp4"),
     ("Compose a calm piano piece for a rainy evening.", None),
+)
+SYNTH_EXAMPLES = (  # for the tiny-trained preset: held-out synthetic media, its questions
+    ("What instrument is playing?", "synth_piano.wav"),
+    ("What instrument is playing?", "synth_drums.wav"),
+    ("What instrument is playing?", "synth_strings.wav"),
+    ("What colour is the shape?", "synth_shape.png"),
+    ("What colour is the background?", "synth_shape.png"),
+    ("Which way does it move?", "synth_motion.mp4"),
+    ("A calm piano arpeggio in C major at 80 BPM.", None),
 )
 # The settings sliders: field → (label, minimum, maximum). The panel is built from it and
 # make_settings enforces the same ranges, since the API can send any JSON value.
@@ -220,7 +240,14 @@ class AssistantApp:
         self.concurrency_id = f"m2ugen-model-{id(model)}"
 
     @property
+    def trained_tiny(self) -> bool:
+        """The tiny-trained preset (or a model built by its recipe)."""
+        return "tiny_trained_version" in self.model.config.extra
+
+    @property
     def notice(self) -> str | None:
+        if self.trained_tiny:
+            return TINY_TRAINED_NOTICE
         if "tiny_version" in self.model.config.extra:
             return TINY_NOTICE
         base = self.model.base_dir
@@ -357,9 +384,9 @@ def _settings_panel() -> list[gr.components.Component]:
     return [temperature, top_p, max_new, music, seconds, guidance, steps, condition, seed]
 
 
-def _examples(examples_dir: Path) -> list[dict[str, Any]]:
+def _examples(examples_dir: Path, examples=EXAMPLES) -> list[dict[str, Any]]:
     out = []
-    for prompt, name in EXAMPLES:
+    for prompt, name in examples:
         if name is None:
             out.append({"text": prompt, "files": []})
         elif (examples_dir / name).is_file():
@@ -399,7 +426,8 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
             stop = gr.Button("Stop", variant="stop", elem_id="stop")
             new_chat = gr.Button("New conversation", elem_id="new-chat")
         settings = _settings_panel()
-        if examples_dir is not None and (examples := _examples(Path(examples_dir))):
+        offered = SYNTH_EXAMPLES if app.trained_tiny else EXAMPLES
+        if examples_dir is not None and (examples := _examples(Path(examples_dir), offered)):
             gr.Examples(examples=examples, inputs=[textbox], label="Examples")
         # preprocess=False: the settings reach make_settings as sent, so a bad API value
         # (NaN, a string, out of range) is our one-line chat message, not a gradio error;

@@ -4,6 +4,9 @@
 - drums_90bpm.wav:  kick, snare and hi-hat at 90 BPM, 6 s, 24 kHz
 - sunset.png:       an orange sun over a purple sea, 256 × 192
 - shapes.mp4:       a red circle moving across a blue background, 2 s, 16 fps
+- synth_*.wav/png/mp4: held-out synthetic media (`m2ugen synth-data` with seed 1, not the
+  seed the tiny-trained preset learned from): a piano, a strings and a drums clip, an
+  image and a video, asked about by the app's examples for that preset
 
 `m2ugen app --examples-dir DIR` writes them into DIR when it does not exist yet;
 `examples/make_examples.py` (the Makefile's `examples` target) writes them into
@@ -12,6 +15,8 @@ examples/media.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import av
@@ -19,8 +24,15 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
 
+from m2ugen.data.synth import synthesize
+
 SR = 24000
-NAMES = ("piano_120bpm.wav", "drums_90bpm.wav", "sunset.png", "shapes.mp4")
+HELD_OUT_SEED = 1  # the synthetic examples' seed; the tiny-trained preset learned seed 0
+# example name → the file `m2ugen synth-data --seed 1` writes (clip i plays INSTRUMENTS[i % 5])
+SYNTH_FILES = {"synth_piano.wav": "audio/clip_000.wav", "synth_strings.wav": "audio/clip_002.wav",
+               "synth_drums.wav": "audio/clip_004.wav", "synth_shape.png": "images/image_000.png",
+               "synth_motion.mp4": "videos/video_000.mp4"}
+NAMES = ("piano_120bpm.wav", "drums_90bpm.wav", "sunset.png", "shapes.mp4", *SYNTH_FILES)
 
 
 def piano(seconds: float = 6.0, bpm: int = 120) -> np.ndarray:
@@ -86,4 +98,8 @@ def make_examples(out_dir: str | Path) -> list[Path]:
     sf.write(files[1], drums(), SR)
     sunset().save(files[2])
     shapes_video(files[3])
+    with tempfile.TemporaryDirectory() as tmp:
+        synthesize(Path(tmp), seed=HELD_OUT_SEED, n_audio=5, n_images=1, n_videos=1)
+        for name, src in SYNTH_FILES.items():
+            shutil.copyfile(Path(tmp) / src, out / name)
     return files

@@ -11,10 +11,13 @@ import soundfile as sf
 import torch
 
 from m2ugen.app import (
+    SYNTH_EXAMPLES,
     TINY_NOTICE,
+    TINY_TRAINED_NOTICE,
     AssistantApp,
     Limits,
     VisitorState,
+    _examples,
     build_app,
     check_size,
     launch,
@@ -286,3 +289,17 @@ def test_gradio_client_drives_the_chat_endpoint(tiny_model, media):
         assert not any(m["metadata"] for m in shown)
     finally:
         demo.close()
+
+
+def test_the_tiny_trained_preset_says_what_it_knows(tiny_model, monkeypatch, tmp_path):
+    from m2ugen.examples import make_examples
+
+    monkeypatch.setitem(tiny_model.config.extra, "tiny_trained_version", 1)  # its recipe's mark
+    app = AssistantApp(tiny_model, media_root=tmp_path)
+    assert app.trained_tiny and app.notice == TINY_TRAINED_NOTICE
+    for fact in ("5 instruments", "8 colours", "4 directions", "noise", "Real weights"):
+        assert fact in app.notice
+    make_examples(tmp_path / "media")  # its examples ask about held-out synthetic media
+    offered = _examples(tmp_path / "media", SYNTH_EXAMPLES)
+    assert len(offered) == len(SYNTH_EXAMPLES)
+    assert all((tmp_path / "media").joinpath(n).is_file() for _, n in SYNTH_EXAMPLES if n)
