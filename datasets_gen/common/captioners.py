@@ -1,4 +1,5 @@
-"""Captioners: music (an m2ugen model), images (BLIP), video (a VisionEncoderDecoder model).
+"""Captioners: music (an m2ugen model; a transformers audio-language model is in
+audio_language.py), images (BLIP), video (a VisionEncoderDecoder model).
 
 Each takes a batch of file paths and returns one outcome per path: the caption, or the
 exception that item raised (a bad file fails only its own item). Models load once, on
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,7 @@ VIDEO_CAPTIONER = "Neleac/timesformer-gpt2-video-captioning"
 Outcome = str | Exception
 
 
-def _check(text: str, path: Path) -> Outcome:
+def check_caption(text: str, path: Path) -> Outcome:
     text = " ".join(text.split())
     return text if text else ValueError(f"{path}: the captioner returned an empty caption")
 
@@ -33,13 +35,14 @@ def _check(text: str, path: Path) -> Outcome:
 class MusicCaptioner:
     """An m2ugen model (directory or preset) asked `prompt` about each clip, greedily."""
 
-    def __init__(self, model: str, device: str, prompt: str = MUSIC_PROMPT,
+    def __init__(self, model: str, device: str, dtype: Any = None, prompt: str = MUSIC_PROMPT,
                  max_new_tokens: int = 128, clip_seconds: float = 30.0,
                  trust_remote_code: bool = False) -> None:
         from m2ugen.model import M2UGen
 
-        # captions are text: the music decoder is never needed
-        self.model = M2UGen.from_pretrained(model, device=device, decoder=False,
+        # captions are text: the music decoder is never needed. dtype None: m2ugen's
+        # default for the device (loading.default_dtype)
+        self.model = M2UGen.from_pretrained(model, device=device, dtype=dtype, decoder=False,
                                             trust_remote_code=trust_remote_code)
         self.model.llm.merge_for_inference()  # generation only: fold LoRA in
         self.prompt = prompt
@@ -63,7 +66,7 @@ class MusicCaptioner:
             try:
                 wav = self.load(path)
                 reply = ChatSession(self.model).send(self.prompt, audio=wav, settings=settings)
-                out.append(_check(reply.text, path))
+                out.append(check_caption(reply.text, path))
             except Exception as e:  # noqa: BLE001 - returned: recorded as this item's failure
                 out.append(e)
         return out
@@ -101,7 +104,7 @@ class ImageCaptioner:
                 ids = self.model.generate(**inputs, **self.kwargs)
             texts = self.processor.batch_decode(ids, skip_special_tokens=True)
             for i, text in zip(where, texts, strict=True):
-                out[i] = _check(text, paths[i])
+                out[i] = check_caption(text, paths[i])
         return out
 
 
@@ -150,5 +153,5 @@ class VideoCaptioner:
                 ids = self.model.generate(pixel_values=pixels.to(self.device), **self.kwargs)
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
             for i, text in zip(where, texts, strict=True):
-                out[i] = _check(text, paths[i])
+                out[i] = check_caption(text, paths[i])
         return out

@@ -8,12 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from datasets_gen.common.audio_language import (
+    AUDIO_CAPTIONER,
+    AUDIO_LANGUAGE_MODELS,
+    DTYPES,
+    music_captioner,
+)
 from datasets_gen.common.captioners import (
     IMAGE_CAPTIONER,
     MUSIC_PROMPT,
     VIDEO_CAPTIONER,
     ImageCaptioner,
-    MusicCaptioner,
     VideoCaptioner,
 )
 from datasets_gen.common.chat_llm import CHAT_LLM, ChatLLM, load_template
@@ -86,12 +91,17 @@ def collect_audio_step() -> Step:
 
 # ---- caption music -----------------------------------------------------------------------
 def _music_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="m2ugen model directory or preset (e.g. tiny, or a "
-                                   "trained model dir) used as the music captioner")
+    p.add_argument("--model", default=AUDIO_CAPTIONER,
+                   help="the music captioner: an m2ugen model (directory with m2ugen.json, or "
+                        "a preset such as tiny) or a transformers audio-language model (hub "
+                        f"id or directory; model types {', '.join(AUDIO_LANGUAGE_MODELS)}); "
+                        f"told apart by its config (default {AUDIO_CAPTIONER})")
     p.add_argument("--prompt", default=MUSIC_PROMPT)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--clip-seconds", type=float, default=30.0,
                    help="caption the first N seconds of each clip")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="weights' dtype; auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
     add_trust_flag(p)
 
 
@@ -102,14 +112,15 @@ def caption_music_step(name: str, source: str, path_field: str = "path") -> Step
                 for k, r in done_records(args.out, source, name).items()]
 
     def processor(args: argparse.Namespace) -> Processor:
-        if not args.model:
-            raise DatasetGenError("--model is required: an m2ugen model directory or preset")
-        captioner = MusicCaptioner(args.model, resolve_device(args.device), args.prompt,
-                                   args.max_new_tokens, args.clip_seconds,
-                                   trust_remote_code=args.trust_remote_code)
+        if args.max_new_tokens < 1 or args.clip_seconds <= 0:
+            raise DatasetGenError("--max-new-tokens must be >= 1 and --clip-seconds > 0")
+        captioner = music_captioner(args.model, resolve_device(args.device), args.dtype,
+                                    args.prompt, args.max_new_tokens, args.clip_seconds,
+                                    trust_remote_code=args.trust_remote_code)
         return lambda batch: captions(captioner([Path(it.data["path"]) for it in batch]))
 
-    return Step(name, "Caption music with an m2ugen model.", items, processor, _music_args)
+    return Step(name, "Caption music with an audio-language model or an m2ugen model.", items,
+                processor, _music_args)
 
 
 # ---- caption images / video --------------------------------------------------------------

@@ -5,6 +5,9 @@ The models are the real classes built from tiny configs with random weights, sav
 real weights use: their text is nonsense, the plumbing is real.
 
     python -m datasets_gen.common.synthetic --out /tmp/dg   # media/, models/, audioset/
+
+models/: m2ugen (tiny m2ugen, no music decoder), audio_captioner (Qwen2-Audio), blip,
+video_captioner (TimeSformer → GPT-2), chat (LLaMA with a chat template).
 """
 
 from __future__ import annotations
@@ -216,6 +219,61 @@ def build_tiny_chat_llm(out: Path, seed: int = 0) -> Path:
     return out
 
 
+AUDIO_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'audio' %}"
+    "<|audio_bos|><|AUDIO|><|audio_eos|>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}")
+
+
+def build_tiny_audio_captioner(out: Path, seed: int = 0, window_seconds: int = 4) -> Path:
+    """Qwen2AudioForConditionalGeneration + Qwen2AudioProcessor, tiny: a byte-level BPE
+    trained here with Qwen2-Audio's special tokens, a 128-mel Whisper feature extractor
+    with a `window_seconds` window (the real one: 30 s), a 2-layer encoder and LM."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Tokenizer,
+        WhisperFeatureExtractor,
+    )
+
+    torch.manual_seed(seed)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>",
+                "<|audio_eos|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_corpus(), BpeTrainer(
+        vocab_size=400, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = Qwen2Tokenizer(tokenizer_object=tok, unk_token=None, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>")
+    extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000,
+                                        chunk_length=window_seconds, return_attention_mask=True)
+    Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=tokenizer,
+                        chat_template=AUDIO_CHAT_TEMPLATE).save_pretrained(out)
+    # the encoder takes exactly the window's mel frames: 100 per second, halved by its conv
+    audio = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
+             "encoder_ffn_dim": 64, "num_mel_bins": 128,
+             "max_source_positions": window_seconds * 50}
+    text = {"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "max_position_embeddings": 1024,
+            "initializer_range": 0.2}  # varied random replies, rarely an immediate end
+    config = Qwen2AudioConfig(audio_config=audio, text_config=text,
+                              audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    model = Qwen2AudioForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    return out
+
+
 def build_tiny_music_captioner(out: Path, seed: int = 0) -> Path:
     """The tiny m2ugen model (`m2ugen.presets.tiny.build_tiny`) without its music decoder: the
     captioner and the encoders never load the decoder, and skipping it saves time."""
@@ -245,7 +303,8 @@ def build_demo(out: Path, n: int = 6, seed: int = 0) -> dict[str, Path]:
             "blip": build_tiny_blip(models / "blip", seed),
             "video_captioner": build_tiny_video_captioner(models / "video_captioner", seed),
             "chat": build_tiny_chat_llm(models / "chat", seed),
-            "m2ugen": build_tiny_music_captioner(models / "m2ugen", seed)}
+            "m2ugen": build_tiny_music_captioner(models / "m2ugen", seed),
+            "audio_captioner": build_tiny_audio_captioner(models / "audio_captioner", seed)}
 
 
 def load_with_training_reader(entry_file: Path, stage: int) -> tuple[list, list]:
