@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import socket
+import shutil
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -52,34 +52,43 @@ def read_youtube_ids(path: Path) -> list[tuple[str, float, float]]:
     return rows
 
 
-def youtube_unavailable(host: str = "www.youtube.com", timeout: float = 5.0) -> str | None:
-    """None when yt-dlp is installed and YouTube is reachable, else the reason."""
-    if importlib.util.find_spec("yt_dlp") is None:
-        return ("yt-dlp is not installed (pip install yt-dlp); or pass --audio-dir with "
-                "local audio files")
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as e:
-        return (f"cannot reach {host} ({e}); run where the network allows, or pass "
-                "--audio-dir with local audio files")
+def youtube_unavailable() -> str | None:
+    """None when the `yt-dlp` and `ffmpeg` commands are on PATH, else what is missing.
+    (Whether YouTube is reachable shows per clip: yt-dlp's own error is the reason.)"""
+    for command, fix in (("yt-dlp", "pip install yt-dlp"),
+                         ("ffmpeg", "install FFmpeg, e.g. apt-get install ffmpeg")):
+        if shutil.which(command) is None:
+            return (f"the {command} command is not on PATH ({fix}); or pass --audio-dir "
+                    "with local audio files")
     return None
 
 
-def download_clip(video_id: str, start: float, end: float, folder: Path) -> Path:
-    """One clip's audio as WAV via yt-dlp (needs ffmpeg on PATH); returns its path."""
-    import yt_dlp
+class DownloadError(RuntimeError):
+    """yt-dlp could not fetch one clip (unavailable, private, removed, no network …)."""
 
+
+def download_clip(video_id: str, start: float, end: float, folder: Path,
+                  timeout: float = 600.0) -> Path:
+    """Seconds `start`..`end` of one video's audio as `folder/<id>.wav`, by the yt-dlp
+    command (its options are its stable interface; ffmpeg cuts and converts)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{video_id}.wav"
-    opts = {
-        "format": "bestaudio/best", "quiet": True, "noprogress": True,
-        "outtmpl": str(folder / f"{video_id}.%(ext)s"),
-        "download_ranges": yt_dlp.utils.download_range_func(None, [(start, end)]),
-        "force_keyframes_at_cuts": True,
-        "postprocessors": [{"key": "FFmpegExtractAudio", "preferredcodec": "wav"}],
-    }
-    with yt_dlp.YoutubeDL(opts) as ydl:
-        ydl.download([f"https://www.youtube.com/watch?v={video_id}"])
+    command = [shutil.which("yt-dlp") or "yt-dlp", "--quiet", "--no-warnings",
+               "--no-progress", "--no-playlist", "--format", "bestaudio/best",
+               "--extract-audio", "--audio-format", "wav",
+               "--download-sections", f"*{start:g}-{end:g}", "--force-keyframes-at-cuts",
+               "--output", str(folder / f"{video_id}.%(ext)s"),
+               "--", f"https://www.youtube.com/watch?v={video_id}"]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired as e:
+        raise DownloadError(f"{video_id}: yt-dlp took over {timeout:g} s") from e
+    if proc.returncode != 0:
+        lines = [x.strip() for x in proc.stderr.splitlines() if x.strip()]
+        errors = [x for x in lines if x.startswith("ERROR")] or lines
+        raise DownloadError(f"{video_id}: yt-dlp failed (exit {proc.returncode}): "
+                            f"{errors[-1] if errors else 'no message'}")
     if not target.is_file():
-        raise FileNotFoundError(f"yt-dlp finished but {target} is missing")
+        raise DownloadError(f"{video_id}: yt-dlp finished but wrote no {target.name}")
     return target
