@@ -161,8 +161,10 @@ def build_tiny_blip(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def build_tiny_video_captioner(out: Path, seed: int = 0) -> Path:
-    """VisionEncoderDecoderModel: TimeSformer (4 frames) → GPT-2, LLaMA-style tokenizer."""
+def build_tiny_video_captioner(out: Path, seed: int = 0, encoder: str = "timesformer") -> Path:
+    """VisionEncoderDecoderModel → GPT-2 with a LLaMA-style tokenizer; the encoder is a
+    TimeSformer (4 frames: a video encoder) or, with encoder="vit", a ViT (an image
+    encoder: the captioner gives it one frame)."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -171,6 +173,8 @@ def build_tiny_video_captioner(out: Path, seed: int = 0) -> Path:
         VideoMAEImageProcessorPil,
         VisionEncoderDecoderConfig,
         VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessorPil,
     )
 
     from m2ugen.presets.tiny import _train_tokenizer
@@ -178,8 +182,9 @@ def build_tiny_video_captioner(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     _train_tokenizer(_corpus(), out, vocab_size=400)
     tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
-    enc = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32,
-                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    sizes = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "intermediate_size": 64}
+    enc = ViTConfig(**sizes) if encoder == "vit" else TimesformerConfig(num_frames=4, **sizes)
     dec = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
                      add_cross_attention=True, is_decoder=True, bos_token_id=1, eos_token_id=2)
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
@@ -190,8 +195,11 @@ def build_tiny_video_captioner(out: Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
-    VideoMAEImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                           ).save_pretrained(out)
+    if encoder == "vit":
+        ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(out)
+    else:
+        VideoMAEImageProcessorPil(size={"shortest_edge": 32},
+                                  crop_size={"height": 32, "width": 32}).save_pretrained(out)
     return out
 
 

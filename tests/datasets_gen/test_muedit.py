@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     synthetic.write_audio(root / "audio", 9)
     return {"audio": root / "audio",
             "m2ugen": synthetic.build_tiny_music_captioner(root / "m2ugen"),
+            "audio_captioner": synthetic.build_tiny_audio_captioner(root / "audio_captioner"),
             "chat": synthetic.build_tiny_chat_llm(root / "chat")}
 
 
@@ -90,3 +92,16 @@ def test_sharded_pair_step_merged_equals_unsharded(full_run, inputs, tmp_path):
     assert step("02_pairs").run(pair_args(out, inputs, "--merge")) == 0
     assert json.loads((out / "pairs.json").read_text()) == \
         json.loads((full_run / "pairs.json").read_text())
+
+
+def test_captions_with_an_audio_language_model(full_run, inputs, tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    for name in ("01_collect.jsonl", "02_pairs.jsonl", "pairs.json"):
+        shutil.copy(full_run / name, out)
+    assert step("03_caption").run(["--out", str(out), "--model", str(inputs["audio_captioner"]),
+                                   "--max-new-tokens", "5", "--batch-size", "4"]) == 0
+    pairs = json.loads((out / "pairs.json").read_text())
+    captions = json.loads((out / "03_caption.json").read_text())
+    assert sorted(captions) == sorted({p[s] for p in pairs for s in ("source", "target")})
+    assert all(isinstance(r["caption"], str) and r["caption"] for r in captions.values())

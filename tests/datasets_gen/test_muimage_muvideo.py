@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,22 +26,23 @@ def step(dataset: str, name: str):
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gen_models")
     return {"m2ugen": synthetic.build_tiny_music_captioner(root / "m2ugen"),
+            "audio": synthetic.build_tiny_audio_captioner(root / "audio_captioner"),
             "blip": synthetic.build_tiny_blip(root / "blip"),
             "video": synthetic.build_tiny_video_captioner(root / "video"),
             "chat": synthetic.build_tiny_chat_llm(root / "chat")}
 
 
 def run_pipeline(dataset: str, out: Path, models: dict[str, Path], collect: list[str],
-                 instructions: list[str] = ()) -> None:
+                 music: str = "m2ugen") -> None:
+    """All four steps; `music`: the music captioner (m2ugen, or audio: Qwen2-Audio)."""
     kind = "images" if dataset == "MUImage" else "videos"
     captioner = models["blip"] if dataset == "MUImage" else models["video"]
     common = ["--out", str(out), "--max-new-tokens", "5"]
     assert step(dataset, "01_collect").run(["--out", str(out), *collect]) == 0
-    assert step(dataset, "02_caption_music").run([*common, "--model", str(models["m2ugen"])]) == 0
+    assert step(dataset, "02_caption_music").run([*common, "--model", str(models[music])]) == 0
     assert step(dataset, f"03_caption_{kind}").run([*common, "--captioner", str(captioner),
                                                     "--num-beams", "1"]) == 0
-    assert step(dataset, "04_instructions").run([*common, "--chat-model", str(models["chat"]),
-                                                 *instructions]) == 0
+    assert step(dataset, "04_instructions").run([*common, "--chat-model", str(models["chat"])]) == 0
 
 
 def check_schema(records: list[dict], modality: str) -> None:
@@ -118,11 +120,24 @@ def test_muimage_interrupted_instructions_resume(muimage, models, image_inputs, 
         json.loads((muimage / "MUImageInstructions.json").read_text())
 
 
+def test_muimage_music_captions_with_an_audio_language_model(muimage, models, tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    shutil.copy(muimage / "01_collect.jsonl", out)
+    assert step("MUImage", "02_caption_music").run(
+        ["--out", str(out), "--model", str(models["audio"]), "--max-new-tokens", "5",
+         "--dtype", "bfloat16"]) == 0
+    captions = json.loads((out / "02_caption_music.json").read_text())
+    assert sorted(captions) == ["clip000", "clip001", "clip002"]
+    assert all(isinstance(r["caption"], str) and r["caption"] for r in captions.values())
+
+
 def test_muvideo_end_to_end_with_the_videos_own_music(models, tmp_path):
+    """(its music captioned by the audio-language model, Qwen2-Audio)"""
     videos = tmp_path / "videos"
     synthetic.write_videos(videos, 2)
     out = tmp_path / "work"
-    run_pipeline("MUVideo", out, models, ["--video-dir", str(videos)])
+    run_pipeline("MUVideo", out, models, ["--video-dir", str(videos)], music="audio")
     records = json.loads((out / "MUVideoInstructions.json").read_text())
     assert [(r["input_file"], r["output_file"]) for r in records] == \
         [("clip000.mp4", "clip000.wav"), ("clip001.mp4", "clip001.wav")]
