@@ -2,6 +2,7 @@
 
     python gradio_app.py [--model DIR_OR_PRESET] [--host 127.0.0.1] [--port 7860] [--share]
                          [--max-upload-mb 200] [--concurrency 1] [--device cuda]
+                         [--dtype auto|bf16|fp16|fp32]
                          [--trust-remote-code]
 
 Defaults: the tiny preset (built on first use; an untrained smoke-test model), loopback

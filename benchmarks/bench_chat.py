@@ -59,7 +59,7 @@ def main() -> None:
         run(llm, config, ids, 8, True)  # warm-up
         cached, t_cache = run(llm, config, ids, args.new_tokens, True)
         full, t_full = run(llm, config, ids, args.new_tokens, False)
-        llm.merge_for_inference()  # what chat and the app do after loading
+        llm.merge_for_inference()  # what chat, the app and eval do on a GPU
         merged, t_merged = run(llm, config, ids, args.new_tokens, True)
     n = len(cached)
     print(f"LLM {args.layers} layers × {args.dim}, prompt {len(ids)} tokens, {n} new tokens, "

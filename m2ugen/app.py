@@ -39,6 +39,7 @@ from m2ugen.errors import (
     check_number,
     check_seed,
 )
+from m2ugen.loading import merge_lora_for_inference
 from m2ugen.media import MediaSpec, guess_modality, load_media, save_audio
 from m2ugen.model import M2UGen
 from m2ugen.music import MUSIC_MODES, MusicSettings
@@ -398,17 +399,18 @@ def _examples(examples_dir: Path, examples=EXAMPLES) -> list[dict[str, Any]]:
 
 
 def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
-              trust_remote_code: bool = False, limits: Limits | None = None,
-              examples_dir: Path | None = None) -> gr.Blocks:
+              dtype: str | None = "auto", trust_remote_code: bool = False,
+              limits: Limits | None = None, examples_dir: Path | None = None) -> gr.Blocks:
     """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen);
-    `examples_dir` holds the media of the examples offered (None: no examples).
+    `dtype` as --dtype (`loading.choose_dtype`; unused for a loaded model); `examples_dir`
+    holds the media of the examples offered (None: no examples).
 
     The AssistantApp is kept on the returned Blocks as `.assistant`.
     """
     if not isinstance(model, M2UGen):
-        model = M2UGen.from_pretrained(model, device=device,
+        model = M2UGen.from_pretrained(model, device=device, dtype=dtype,
                                        trust_remote_code=trust_remote_code)
-        model.llm.merge_for_inference()  # generation only: fold LoRA in
+        merge_lora_for_inference(model)  # generation only: where it pays (logged)
     app = AssistantApp(model, limits)
     # delete_cache: Gradio's copies of uploads and music older than a day, checked daily
     with gr.Blocks(title="M2UGen", delete_cache=(86400, 86400),

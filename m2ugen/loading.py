@@ -33,22 +33,102 @@ log = logging.getLogger(__name__)
 COMPONENT_KEYS = ("llm", "mert", "vit", "vivit", "decoder_path")  # fingerprinted when local
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)  # what --dtype takes on every face
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names, best first
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """bf16, fp16, fp32 (as --dtype spells them), else torch's name."""
+    return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
+
+
+def cpu_bf16_feature(cpuinfo: str | None = None) -> str | None:
+    """The CPU feature that computes bf16 natively (amx_bf16, avx512_bf16, as /proc/cpuinfo
+    names them), or None: without one, bf16 is emulated in fp32 and only saves memory.
+    (`torch.backends.cpu.get_cpu_capability()` says only "AVX512", which CPUs without
+    AVX512-BF16 report too.) Where /proc/cpuinfo cannot be read: None."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    flags = set(cpuinfo.split())
+    return next((f for f in _CPU_BF16_FLAGS if f in flags), None)
+
+
+def _gpu_half(device: torch.device) -> tuple[torch.dtype, str]:
+    name = torch.cuda.get_device_name(device)
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16, f"{name} computes bf16 natively"
+    return torch.float16, f"{name} has no native bf16 (pre-Ampere): fp16"
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (DESIGN.md §6). The one
-    place this choice is made: loading, training's precision=auto and every face use it."""
+    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (DESIGN.md §6): the
+    library's default and training's precision=auto (the faces' --dtype auto is
+    `choose_dtype`, which also takes bf16 on a CPU that computes it natively)."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return _gpu_half(device)[0]
     return torch.float32
 
 
+def choose_dtype(choice: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """--dtype auto|bf16|fp16|fp32 (or a torch dtype; None: `default_dtype`) on `device` →
+    the dtype to load in, logged with the reason. The one resolver every face uses.
+
+    auto: bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU with
+    AMX-BF16 or AVX512-BF16), fp16 on older GPUs, fp32 otherwise.
+    """
+    device = torch.device(device)
+    if isinstance(choice, torch.dtype) or choice is None:
+        return default_dtype(device) if choice is None else choice
+    if not isinstance(choice, str) or choice not in DTYPE_CHOICES:
+        raise ConfigError(f"dtype {choice!r} is unknown; use one of {', '.join(DTYPE_CHOICES)}")
+    if choice != "auto":
+        dtype, why = DTYPES[choice], "asked for"
+        if device.type == "cpu" and choice == "fp16":
+            why += "; the CPU computes fp16 slowly (bf16 or fp32 are the CPU's types)"
+    elif device.type == "cuda":
+        dtype, why = _gpu_half(device)
+    elif device.type == "cpu" and (feature := cpu_bf16_feature()):
+        dtype, why = torch.bfloat16, f"this CPU computes bf16 natively ({feature})"
+    elif device.type == "cpu":
+        dtype, why = torch.float32, ("this CPU has no native bf16 (neither amx_bf16 nor "
+                                     "avx512_bf16 in /proc/cpuinfo)")
+    else:
+        dtype, why = torch.float32, f"no half-precision rule for {device.type} devices"
+    log.info("dtype %s on %s: %s", dtype_name(dtype), device, why)
+    return dtype
+
+
+def merge_lora_for_inference(model) -> bool:
+    """Fold LoRA (and the new-token rows) into the base weights where it pays, say so in
+    the log, and return whether it merged. On a GPU it does: one kernel per projection
+    instead of three at every token, an in-place add in memory the weights own. On the CPU
+    it does not: generation is bound by reading the weights, which merging leaves the same
+    size, while it copies every memory-mapped weight into private memory (LLaMA-2-7B size:
+    56 s and the whole model resident, for no speed-up)."""
+    llm = model.llm
+    if not llm.mergeable():
+        return False
+    device = next(llm.parameters()).device
+    if device.type == "cpu":
+        log.info("LoRA kept beside the base weights on the CPU (merging would copy the "
+                 "memory-mapped weights for no speed-up)")
+        return False
+    llm.merge_for_inference()
+    log.info("LoRA merged into the base weights for inference on %s", device)
+    return True
+
+
 def load_model(model_cls: type, name_or_dir: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None, *, warn_untrained: bool = True,
+               dtype: torch.dtype | str | None = None, *, warn_untrained: bool = True,
                trust_remote_code: bool = False, decoder: bool = True):
     """Load a model directory or a preset into `model_cls` (M2UGen); see `from_pretrained`."""
     config, base = resolve_model(name_or_dir, model_cls=model_cls)
     device = check_device(device)  # "tpu", "meta", a missing cuda:7: one line
-    if dtype is None:
-        dtype = default_dtype(device)
+    dtype = choose_dtype(dtype, device)  # a name ("auto", "bf16", …) is logged with why
 
     def ref(key: str) -> str:
         return resolve_component(getattr(config, key), base)

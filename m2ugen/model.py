@@ -282,7 +282,7 @@ class M2UGen(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None, warn_untrained: bool = True,
+                        dtype: torch.dtype | str | None = None, warn_untrained: bool = True,
                         trust_remote_code: bool = False, decoder: bool = True) -> M2UGen:
         """Load a model directory or a preset (`tiny` is built on first use).
 
@@ -290,7 +290,8 @@ class M2UGen(nn.Module):
         targets); `load_decoder()` loads it later. `trust_remote_code` lets a MERT whose
         config needs its own Python code run it; it is the user's opt-in
         (--trust-remote-code), never read from the model directory, whose files are what
-        the opt-in is about. dtype None: `loading.default_dtype` of the device.
+        the opt-in is about. dtype None: `loading.default_dtype` of the device; a name
+        ("auto", "bf16", "fp16", "fp32") is resolved by `loading.choose_dtype`, as --dtype.
         """
         return loading.load_model(cls, name_or_dir, device, dtype, warn_untrained=warn_untrained,
                                   trust_remote_code=trust_remote_code, decoder=decoder)

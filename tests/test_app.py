@@ -303,3 +303,10 @@ def test_the_tiny_trained_preset_says_what_it_knows(tiny_model, monkeypatch, tmp
     offered = _examples(tmp_path / "media", SYNTH_EXAMPLES)
     assert len(offered) == len(SYNTH_EXAMPLES)
     assert all((tmp_path / "media").joinpath(n).is_file() for _, n in SYNTH_EXAMPLES if n)
+
+
+def test_the_app_loads_its_model_in_the_dtype_asked_for(tiny_dir):
+    """`m2ugen app --dtype bf16` (build_app's dtype) is the weights the visitors chat with."""
+    model = build_app(tiny_dir, dtype="bf16").assistant.model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(m.merged for m in model.llm._mergeable())  # CPU: LoRA kept separate

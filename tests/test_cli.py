@@ -201,13 +201,14 @@ def test_app_command_passes_every_option_and_writes_the_examples(served, tmp_pat
     examples, port = tmp_path / "examples", _free_port()
     code, out, err = _run(capsys, "app", "--model", "my-model", "--device", "cpu", "--port",
                           str(port), "--share", "--max-upload-mb", "5", "--concurrency", "3",
-                          "--examples-dir", str(examples), "--trust-remote-code")
+                          "--examples-dir", str(examples), "--trust-remote-code",
+                          "--dtype", "bf16")
     assert code == 0, err
     assert sorted(p.name for p in examples.iterdir()) == sorted(NAMES)  # written: it was missing
     assert f"wrote example media to {examples}" in out
     model, kw = served["build"]
     assert model == "my-model" and kw == {
-        "device": "cpu", "trust_remote_code": True, "examples_dir": examples,
+        "device": "cpu", "dtype": "bf16", "trust_remote_code": True, "examples_dir": examples,
         "limits": Limits(max_upload_mb=5.0, concurrency=3)}
     assert served["launch"] == ("demo", {"host": "127.0.0.1", "port": port, "share": True,
                                          "max_upload_mb": 5.0, "examples_dir": examples})
@@ -224,6 +225,7 @@ def test_app_command_defaults_and_an_existing_examples_dir_is_left_alone(served,
     model, kw = served["build"]
     assert model == "tiny" and kw["limits"] == Limits() and kw["limits"].concurrency == 1
     assert not kw["trust_remote_code"] and served["launch"][1]["share"] is False
+    assert kw["dtype"] == "auto"
     served.clear()
     assert _run(capsys, "app", "--port", str(_free_port()))[0] == 0
     assert served["build"][1]["examples_dir"] is None  # the package reaches for no folder
@@ -262,3 +264,52 @@ def test_music_never_does_not_load_the_decoder(tiny_model, tmp_path, capsys):
     assert code == 0 and out.strip(), err
     code, _, err = _run(capsys, *args, "--music", "always")
     assert code == 2 and err.count("\n") == 1 and "no-decoder-here" in err
+
+
+def _cpu_computes_bf16() -> bool:
+    try:
+        return bool(set(Path("/proc/cpuinfo").read_text().split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("flag", ["bf16", "fp32", None])
+def test_dtype_flag_reaches_the_model_and_its_decoder(tiny_dir, tmp_path, monkeypatch, capsys,
+                                                      flag):
+    """--dtype is what the chatting model's weights are (LLM, adapters, decoder); without
+    it, auto: bf16 on a CPU that computes it natively (this one's /proc/cpuinfo), else fp32."""
+    import torch
+
+    from m2ugen.chat import ChatSession
+    from m2ugen.loading import decoder_parameters
+
+    used = []
+    real_init = ChatSession.__init__
+
+    def init(self, model, *a, **k):
+        used.append(model)
+        real_init(self, model, *a, **k)
+
+    monkeypatch.setattr(ChatSession, "__init__", init)
+    out = tmp_path / "m.wav"
+    argv = ["chat", "--model", str(tiny_dir), "--music", "always", "--seconds", "0.2",
+            "--max-new-tokens", "3", "--seed", "0", "--out", str(out), "hi"]
+    code, _, err = _run(capsys, *argv, *(["--dtype", flag] if flag else []))
+    assert code == 0, err
+    want = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
+        flag, torch.bfloat16 if _cpu_computes_bf16() else torch.float32)
+    (model,) = used
+    assert {p.dtype for p in model.parameters()} == {want}
+    assert {p.dtype for _, p in decoder_parameters(model.decoder)} == {want}
+    assert out.is_file()
+    # generation only, on the CPU: LoRA stays beside the weights (merging would copy them)
+    assert not any(m.merged for m in model.llm._mergeable())
+
+
+def test_a_bad_dtype_is_one_line_before_anything_loads(capsys):
+    for face in (["chat", "hi"], ["app"], ["eval", "musicqa", "--data", "x.json"]):
+        with pytest.raises(SystemExit) as e:  # argparse's exit, our one-line message
+            main([*face, "--dtype", "bf32"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert "--dtype: invalid choice: 'bf32'" in err and "'fp16', 'fp32'" in err

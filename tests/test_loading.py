@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,12 @@ from safetensors.torch import load_file, save_file
 
 from m2ugen.checkpoint import TRAINED_NAME
 from m2ugen.errors import ConfigError
-from m2ugen.loading import decoder_parameters
+from m2ugen.loading import (
+    choose_dtype,
+    cpu_bf16_feature,
+    decoder_parameters,
+    merge_lora_for_inference,
+)
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import cond_shape_from_configs
 from m2ugen.music import MusicSettings, render_music
@@ -112,3 +119,59 @@ def test_the_decoder_loads_in_the_models_dtype(kind, tiny_dir, tiny_audioldm2_di
 def test_an_unknown_decoder_kind_is_named():
     with pytest.raises(ConfigError, match=r"decoder kind 'diffwave' is unknown; use musicgen"):
         cond_shape_from_configs("diffwave", lambda sub: {})
+
+
+def _native_bf16_cpu() -> bool:
+    """Read independently of the code under test: /proc/cpuinfo's flags."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def test_dtype_names_resolve_and_a_bad_one_is_one_line(tiny_dir):
+    for name, want in (("bf16", torch.bfloat16), ("fp16", torch.float16),
+                       ("fp32", torch.float32)):
+        assert choose_dtype(name, "cpu") is want
+    assert choose_dtype(None, "cpu") is torch.float32  # the library default: unchanged
+    for bad in ("bf32", "float16", "", 16):
+        with pytest.raises(ConfigError) as e:
+            choose_dtype(bad, "cpu")
+        assert "\n" not in str(e.value) and "use one of auto, bf16, fp16, fp32" in str(e.value)
+    with pytest.raises(ConfigError, match="dtype 'half' is unknown"):  # before any weight
+        M2UGen.from_pretrained(tiny_dir, dtype="half")
+
+
+def test_auto_on_this_cpu_is_bf16_exactly_where_it_computes_bf16_natively(caplog):
+    with caplog.at_level(logging.INFO, logger="m2ugen.loading"):
+        got = choose_dtype("auto", "cpu")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dtype")]
+    if _native_bf16_cpu():
+        assert got is torch.bfloat16 and line.startswith("dtype bf16 on cpu: this CPU computes")
+    else:
+        assert got is torch.float32 and "no native bf16" in line
+
+
+def test_cpu_bf16_feature_reads_cpuinfo_flags():
+    assert cpu_bf16_feature("flags\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n") == "amx_bf16"
+    assert cpu_bf16_feature("flags\t: fpu avx2 avx512f avx512_bf16\n") == "avx512_bf16"
+    # AVX512 alone (get_cpu_capability's "AVX512") or AVX512-FP16 computes no bf16
+    assert cpu_bf16_feature("flags\t: fpu avx2 avx512f avx512bw avx512_fp16\n") is None
+
+
+def test_a_dtype_name_reaches_every_part(tiny_audioldm2_dir):
+    model = M2UGen.from_pretrained(tiny_audioldm2_dir, dtype="bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for _, p in decoder_parameters(model.decoder)} == {torch.bfloat16}
+
+
+def test_lora_stays_separate_on_the_cpu_and_the_log_says_so(tiny_dir, caplog):
+    model = M2UGen.from_pretrained(tiny_dir, decoder=False)
+    assert model.llm.mergeable()  # the tiny preset has LoRA and new-token rows
+    before = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="m2ugen.loading"):
+        assert merge_lora_for_inference(model) is False
+    assert "LoRA kept beside the base weights on the CPU" in caplog.text
+    after = model.llm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no weight was rewritten

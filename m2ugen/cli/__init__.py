@@ -37,6 +37,14 @@ _TRUST_HELP = ("let a MERT whose config needs its own Python code (auto_map) run
                "only for model directories you trust")
 _FORCE_HELP = ("write into a non-empty directory that is not an m2ugen model directory (only "
                "the model's own files are written; nothing else there is touched)")
+_DTYPE_HELP = ("weights and compute: auto (default) = bf16 where the hardware computes it "
+               "natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, "
+               "fp32 otherwise; the log says which and why")
+
+
+def _add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help=_DTYPE_HELP)
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
@@ -63,6 +71,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
                    help="AudioLDM2 denoising steps (default 100)")
     p.add_argument("--num-candidates", type=int, default=1, help="how many versions to render")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
+    _add_dtype(p)
     p.add_argument("--interactive", "-i", action="store_true", help="keep a conversation")
     p.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
     p.set_defaults(func=cmd_chat)
@@ -73,6 +82,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="tiny",
                    help="model directory or preset (default: tiny, an untrained smoke-test model)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    _add_dtype(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default loopback; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=7860)
@@ -212,6 +222,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        help="evaluate without bad records (listed in results.json) instead of "
                             "stopping at the first")
         t.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+        _add_dtype(t)
         _eval_models(t)
     f = tasks.add_parser("folder", help="score a folder of WAVs against references (any "
                          "system's outputs)")

@@ -105,6 +105,7 @@ def _reply(session, message: str, media: dict, settings, music, out: Path) -> No
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from m2ugen.chat import ChatSession, GenerationSettings, check_utf8
+    from m2ugen.loading import merge_lora_for_inference
     from m2ugen.model import M2UGen
     from m2ugen.music import MusicSettings
 
@@ -124,10 +125,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     media = _load_attachments(args)
     # --music never makes no music: the decoder (GBs at full size) is not loaded at all
-    model = M2UGen.from_pretrained(args.model, device=args.device,
+    model = M2UGen.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                    trust_remote_code=args.trust_remote_code,
                                    decoder=music.music != "never")
-    model.llm.merge_for_inference()  # generation only: fold LoRA in
+    merge_lora_for_inference(model)  # generation only: where it pays (logged)
     session = ChatSession(model)
     if args.prompt:
         _reply(session, args.prompt, media, settings, music, args.out)

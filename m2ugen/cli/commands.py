@@ -111,7 +111,8 @@ def cmd_app(args: argparse.Namespace) -> int:
 
         make_examples(examples)
         print(f"wrote example media to {examples}")
-    demo = build_app(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
+    demo = build_app(args.model, device=args.device, dtype=args.dtype,
+                     trust_remote_code=args.trust_remote_code,
                      limits=Limits(max_upload_mb=args.max_upload_mb, concurrency=concurrency),
                      examples_dir=examples)
     launch(demo, host=args.host, port=args.port, share=args.share,

@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             reference_root=args.reference_root, limit=args.limit, device=args.device,
             embeddings=args.embeddings, model_overrides=_overrides(args),
             metrics=_metrics(args), skip_bad=args.skip_bad,
-            trust_remote_code=args.trust_remote_code, settings=settings))
+            trust_remote_code=args.trust_remote_code, dtype=args.dtype, settings=settings))
         _print_summary(results, out)
     return 0
 

@@ -30,6 +30,7 @@ from m2ugen.eval.score import (
     score_music,
     score_text,
 )
+from m2ugen.loading import choose_dtype, dtype_name, merge_lora_for_inference
 from m2ugen.media import AUDIO_EXTENSIONS
 from m2ugen.model import M2UGen
 
@@ -73,6 +74,7 @@ class ModelRun:
     skip_bad: bool = False
     label: str | None = None
     trust_remote_code: bool = False
+    dtype: str | None = None  # as --dtype; None: the library default (fp32 on the CPU)
     settings: dict[str, Any] = field(default_factory=dict)  # RunSettings fields
     loaded: M2UGen | None = None  # `model` already loaded (on `device`)
 
@@ -110,12 +112,17 @@ def evaluate_model(run: ModelRun) -> dict[str, Any]:
         items = items[:run.limit]
     label = run.label or model_label(run.model)
     run_dir = Path(run.out) / label
+    dtype = run.loaded.dtype if run.loaded is not None else choose_dtype(run.dtype, device)
     settings = T.RunSettings(task=task.name, model=str(run.model),
-                             data=str(Path(run.data).absolute()), **run.settings)
+                             data=str(Path(run.data).absolute()), dtype=dtype_name(dtype),
+                             **run.settings)
     T.check_resume(run_dir, settings, items)  # before the slow model load
-    model = run.loaded or M2UGen.from_pretrained(run.model, device=device,
-                                                 decoder=task.makes_music,
-                                                 trust_remote_code=run.trust_remote_code)
+    model = run.loaded
+    if model is None:
+        model = M2UGen.from_pretrained(run.model, device=device, dtype=dtype,
+                                       decoder=task.makes_music,
+                                       trust_remote_code=run.trust_remote_code)
+        merge_lora_for_inference(model)  # generation only: where it pays (logged)
     default = "tiny" if "tiny_version" in model.config.extra else "standard"
     models = resolve_eval_models(run.embeddings, run.model_overrides, default=default)
     T.generate(model, items, run_dir, settings,

@@ -187,6 +187,7 @@ class RunSettings:
     max_new_tokens: int = 256
     temperature: float = 0.6
     top_p: float = 0.8
+    dtype: str = "fp32"  # what the model computed in (--dtype auto resolved)
 
     def shaping(self) -> dict[str, Any]:
         return asdict(self)

@@ -154,6 +154,10 @@ class InjectedLLM(nn.Module):
                 if (isinstance(m, LoraLayer) and not name.endswith("v_proj"))
                 or isinstance(m, TrainableTokensLayer)]
 
+    def mergeable(self) -> bool:
+        """Whether there is LoRA or new-token rows to fold in (`merge_for_inference`)."""
+        return bool(self._mergeable())
+
     def merge_for_inference(self) -> None:
         """Fold LoRA deltas and the new-token rows into the base weights (fewer kernels per
         generated token; same outputs). Undone by `unmerge` before training."""

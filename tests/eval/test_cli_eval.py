@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,16 @@ def test_eval_text2music_on_the_tiny_preset_then_report(tiny_dir, eval_models, s
         assert (out / name).is_file()
     settings = json.loads((out / "tiny" / "settings.json").read_text())
     assert settings["generation"]["batch_size"] == 2 and settings["eval_models"]["name"] == "tiny"
+    # --dtype auto, resolved: bf16 on a CPU that computes it natively; another dtype is
+    # another run (refused in one line before the model loads)
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() \
+        else set()
+    auto = "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+    assert settings["generation"]["dtype"] == auto
+    other = "fp32" if auto == "bf16" else "bf16"
+    code, _, err = _run(capsys, "eval", "text2music", "--model", "tiny", "--data",
+                        synth / "mucaps.json", "--out", out, *FAST, "--dtype", other)
+    assert code == 2 and f"dtype {auto!r} → {other!r}" in err
     code, again, _ = _run(capsys, "eval", "text2music", "--model", "tiny", "--data",
                           synth / "mucaps.json", "--out", out, *FAST)
     assert code == 0 and again.splitlines()[0] == stdout.splitlines()[0]  # resumed: same scores
