@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
 import torch
 
 from m2ugen.chat import ChatSession, GenerationSettings
@@ -113,3 +114,127 @@ def test_aud3_before_aud0_is_never_generated(tiny_model):
     assert not set(result.token_ids) & set(aud), result.token_ids
     assert not result.has_audio_tokens
     assert "[AUD" not in result.raw_text and "[AUD" not in result.text
+
+
+# ---- static KV cache, compiled step, batches (issue 15) ------------------------------------
+
+def _run(llm, tok, ids, prompts, settings, seed):
+    """generate_tokens + decode_reply, as the chat session runs them: (reply, every
+    (token, hidden) pair the loop produced)."""
+    from m2ugen.generate import decode_reply, generate_tokens
+
+    pairs = []
+
+    def tokens():
+        for pair in generate_tokens(llm, ids, prompts, settings, seed):
+            pairs.append(pair)
+            yield pair
+
+    pieces = decode_reply(tok, tokens(), llm.audio_token_ids)
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as stop:
+            return stop.value, pairs
+
+
+def _prompt(model, message):
+    from m2ugen.conversation import build_prompt_ids
+
+    return build_prompt_ids(model.tokenizer, model.config.prompt_template, [], message, 1000)[0]
+
+
+def test_static_cache_gives_the_dynamic_caches_tokens_and_aud_states(tiny_model, media_arrays):
+    """fp32 CPU: the static cache (and no cache, as published) produce exactly the tokens
+    of the dynamic one, with the picture injected, and the same [AUD] hidden states: the
+    script makes the model start music at step 5."""
+    llm, tok = tiny_model.llm, tiny_model.tokenizer
+    aud = llm.audio_token_ids
+    ids = _prompt(tiny_model, "Compose music for this picture")
+    prompts = tiny_model.media_prompts(1, image=media_arrays["image"])
+    runs = {}
+    for name, kw in (("dynamic", {}), ("static", {"cache": "static"}),
+                     ("none", {"use_cache": False})):
+        with _lm_head(tiny_model, lambda call, logits: _favour(aud[0], logits) if call == 5
+                      else logits):
+            runs[name], _ = _run(llm, tok, ids, prompts, _greedy(40, **kw), 0)
+    ref = runs["dynamic"]
+    assert ref.audio_hidden is not None and ref.token_ids[-8:] == aud
+    assert len(ref.token_ids) == 5 + 8
+    for name in ("static", "none"):
+        assert runs[name].token_ids == ref.token_ids, name
+        assert runs[name].text == ref.text
+        torch.testing.assert_close(runs[name].audio_hidden, ref.audio_hidden, atol=1e-5,
+                                   rtol=1e-5)
+
+
+def test_compiled_static_step_matches_eager_and_still_injects(tiny_model, media_arrays):
+    """torch.compile of the one-token step: the eager tokens and hidden states, for two
+    different injected inputs (so the compiled step applies the prompts: they change its
+    states), with one compilation serving both generations."""
+    llm, tok = tiny_model.llm, tiny_model.tokenizer
+    ids = _prompt(tiny_model, "Describe this")
+    states = {}
+    for media in ("image", "audio"):
+        prompts = tiny_model.media_prompts(1, **{media: media_arrays[media]})
+        eager, eager_pairs = _run(llm, tok, ids, prompts, _greedy(16), 0)
+        compiled, pairs = _run(llm, tok, ids, prompts, _greedy(16, cache="static",
+                                                                compile=True), 0)
+        assert compiled.token_ids == eager.token_ids
+        assert len(pairs) == len(eager_pairs) > 1
+        torch.testing.assert_close(torch.stack([h for _, h in pairs]),
+                                   torch.stack([h for _, h in eager_pairs]),
+                                   atol=1e-5, rtol=1e-5)
+        states[media] = torch.stack([h for _, h in pairs])
+    assert not torch.allclose(states["image"], states["audio"], atol=1e-3)
+
+
+def test_compile_needs_the_static_cache():
+    from m2ugen.errors import ChatError
+
+    for kw in ({"compile": True}, {"compile": True, "cache": "static", "use_cache": False},
+               {"cache": "paged"}):
+        with pytest.raises(ChatError, match="cache"):
+            GenerationSettings(**kw).validate()
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_left_padded_batch_gives_each_reply_alone(tiny_model, media_arrays, cache):
+    """Three prompts of different lengths and inputs, sampled with their own seeds: the
+    batch gives each the tokens, text and [AUD] states it gets alone (here music starts at
+    step 7 for every row, and one row stops early at EOS at step 3)."""
+    from m2ugen.generate import generate_batch
+
+    llm, tok = tiny_model.llm, tiny_model.tokenizer
+    aud = llm.audio_token_ids
+    messages = ["Hi", "Compose a long jazz song with drums and piano for a rainy night",
+                "Describe this music"]
+    seqs = [_prompt(tiny_model, m) for m in messages]
+    assert len({len(s) for s in seqs}) == 3  # so the batch is padded
+    prompts = [tiny_model.media_prompts(1), tiny_model.media_prompts(1, image=media_arrays[
+        "image"]), tiny_model.media_prompts(1, audio=media_arrays["audio"])]
+    seeds = [5, 6, 7]
+    settings = GenerationSettings(max_new_tokens=30, temperature=0.9, top_p=0.9, cache=cache)
+
+    def script(eos_rows):
+        def edit(call, logits):
+            if call == 7:
+                return _favour(aud[0], logits)
+            out = logits.clone()
+            if call == 3:  # the first prompt's reply ends here
+                out[eos_rows, ..., tok.eos_token_id] += 1e4
+            return out
+        return edit
+
+    alone = []
+    for i, (s, p, seed) in enumerate(zip(seqs, prompts, seeds, strict=True)):
+        with _lm_head(tiny_model, script([0] if i == 0 else [])):
+            alone.append(_run(llm, tok, s, p, settings, seed)[0])
+    with _lm_head(tiny_model, script([0])):
+        batch = generate_batch(llm, tok, seqs, torch.cat(prompts, dim=1), settings, seeds)
+    assert len(alone[0].token_ids) == 3 and alone[0].audio_hidden is None
+    for one, row in zip(alone[1:], batch[1:], strict=True):
+        assert row.token_ids == one.token_ids and row.text == one.text
+        assert row.audio_hidden is not None
+        torch.testing.assert_close(row.audio_hidden, one.audio_hidden, atol=1e-5, rtol=1e-5)
+    assert batch[0].token_ids == alone[0].token_ids and batch[0].audio_hidden is None
