@@ -1,6 +1,10 @@
-"""MUCaps step 03: caption the kept music with an m2ugen model → MUCapsCaptions.json.
+"""MUCaps step 03: caption the kept music → MUCapsCaptions.json.
 
-    python -m datasets_gen.MUCaps.03_caption --out WORK --model ckpts/my-model
+    python -m datasets_gen.MUCaps.03_caption --out WORK [--model Qwen/Qwen2-Audio-7B-Instruct]
+    python -m datasets_gen.MUCaps.03_caption --out WORK --model ckpts/my-m2ugen-model
+
+`--model`: a transformers audio-language model (hub id or directory) or an m2ugen model,
+told apart by its config (common/audio_language.py).
 
 Final files: `MUCapsCaptions.json` ({audio file relative to the audio root: caption}) and
 `MUCaps.dataset.json` (its dataset-spec entry for training: format, file, root).

@@ -1,6 +1,7 @@
-"""MUEdit step 03: caption both sides of every pair (each clip once) with an m2ugen model.
+"""MUEdit step 03: caption both sides of every pair (each clip once) with the music
+captioner (an audio-language or m2ugen model; see MUCaps 03).
 
-    python -m datasets_gen.MUEdit.03_caption --out WORK --model ckpts/my-model
+    python -m datasets_gen.MUEdit.03_caption --out WORK [--model HUB_ID_OR_DIR]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""MUImage step 02: caption the music of each pair with an m2ugen model.
+"""MUImage step 02: caption the music of each pair (an audio-language or m2ugen model).
 
-    python -m datasets_gen.MUImage.02_caption_music --out WORK --model ckpts/my-model
+    python -m datasets_gen.MUImage.02_caption_music --out WORK [--model HUB_ID_OR_DIR]
 """
 
 from __future__ import annotations
