@@ -7,6 +7,7 @@ The model-level names are imported on first use (PEP 562), so `import m2ugen` an
 command line stay fast and importing an error class never loads torch.
 """
 
+import logging
 from importlib import import_module
 from typing import Any
 
@@ -28,6 +29,22 @@ _LAZY = {
     "load_video": "m2ugen.media",
     "save_audio": "m2ugen.media",
 }
+
+
+
+def _drop_import_notes(record: logging.LogRecord) -> bool:
+    """False for the notes torchao (used by --quantize, imported by transformers whenever it
+    is installed) logs on every import with a CPU-only torch: its CUDA extensions do not
+    load, there is no Triton (weight-only int8 needs neither), and torch finds its Enum
+    registrations outdated. Nothing for a user to fix."""
+    message = str(record.msg)
+    return not ((message.startswith("Failed to load ") and "torchao" in message)
+                or "Detected no triton" in message
+                or "is an Enum subclass and is now natively supported" in message)
+
+
+for _name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+    logging.getLogger(_name).addFilter(_drop_import_notes)
 
 __all__ = ["ChatError", "ConfigError", "M2UGenError", "MediaError", "__version__", *_LAZY]
 

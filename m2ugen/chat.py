@@ -4,14 +4,15 @@ The prompt is the published Alpaca template (`conversation.py`, ORIGINAL_M2UGEN.
 earlier turns are kept in the same format and the oldest are dropped first when the
 context is full. The token loop is `generate.py`; rendering music is `music.py`. A
 session takes media as paths (loaded with the model's own `media_spec`) or as loaded
-values, and keyword settings as well as settings objects.
+values, and keyword settings as well as settings objects. `send_batch` answers several
+independent requests with one LLM call per batch, each as a fresh session would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,18 @@ import torch
 
 from m2ugen.conversation import Turn, build_prompt_ids
 from m2ugen.errors import ChatError
-from m2ugen.generate import GenerationSettings, decode_reply, generate_tokens
+from m2ugen.generate import (
+    DecodedReply,
+    GenerationSettings,
+    decode_reply,
+    generate_batch,
+    generate_tokens,
+)
 from m2ugen.media import load_media
 from m2ugen.music import MusicResult, MusicSettings, render_music
 
-__all__ = ["ChatResult", "ChatSession", "GenerationSettings", "ReplyStream", "check_utf8"]
+__all__ = ["ChatRequest", "ChatResult", "ChatSession", "GenerationSettings", "ReplyStream",
+           "check_utf8", "send_batch"]
 
 
 def check_utf8(text: str, what: str) -> None:
@@ -86,14 +94,8 @@ class ReplyStream:
         tok = self._session.model.tokenizer
         audio_ids = self._session.model.llm.audio_token_ids
         reply = yield from decode_reply(tok, self._tokens, audio_ids)
-        raw = reply.text + (" " + "".join(tok.convert_ids_to_tokens(audio_ids))
-                            if reply.audio_hidden is not None else "")
-        turn = self._session._replied(self._ids, self._prompts)
-        self.result = ChatResult(text=reply.text, raw_text=raw.strip(),
-                                 token_ids=reply.token_ids, audio_hidden=reply.audio_hidden,
-                                 inputs_used=self._inputs_used, seed=self._seed,
-                                 dropped_turns=self._dropped, turn=turn)
-        self._session.history.append(Turn(self._instruction, raw.strip()))
+        self.result = self._session._record(self._instruction, self._ids, self._prompts, reply,
+                                            self._seed, self._inputs_used, self._dropped)
 
 
 class ChatSession:
@@ -119,11 +121,21 @@ class ChatSession:
         self.media.clear()
         self._last = None
 
-    def _replied(self, ids: list[int], prompts: torch.Tensor) -> int:
-        """Record the newest reply's context; returns its turn number."""
+    def _record(self, instruction: str, ids: list[int], prompts: torch.Tensor,
+                reply: DecodedReply, seed: int, inputs_used: tuple[str, ...],
+                dropped: int) -> ChatResult:
+        """The finished reply as a ChatResult, kept in the history with its context (prompt
+        ids, injected prompts: `render` may re-run them)."""
+        tok = self.model.tokenizer
+        audio_ids = self.model.llm.audio_token_ids
+        raw = reply.text + (" " + "".join(tok.convert_ids_to_tokens(audio_ids))
+                            if reply.audio_hidden is not None else "")
         self._turns += 1
         self._last = (self._turns, ids, prompts)
-        return self._turns
+        self.history.append(Turn(instruction, raw.strip()))
+        return ChatResult(text=reply.text, raw_text=raw.strip(), token_ids=reply.token_ids,
+                          audio_hidden=reply.audio_hidden, inputs_used=inputs_used, seed=seed,
+                          dropped_turns=dropped, turn=self._turns)
 
     def stream(self, message: str, *, audio: Any = None, image: Any = None, video: Any = None,
                settings: GenerationSettings | None = None, **options: Any) -> ReplyStream:
@@ -134,6 +146,13 @@ class ChatSession:
         """
         settings = _settings(GenerationSettings, settings, options)
         settings.validate()
+        return ReplyStream(self, message, *self._prepare(message, audio, image, video, settings))
+
+    def _prepare(self, message: str, audio: Any, image: Any, video: Any,
+                 settings: GenerationSettings
+                 ) -> tuple[list[int], torch.Tensor, GenerationSettings, int, tuple[str, ...], int]:
+        """Check the message, attach the media, build the prompt: (prompt ids, injected
+        prompts (3Q, 1, D), settings, seed, inputs used, turns dropped)."""
         if not message.strip():
             raise ChatError("the message is empty; type an instruction or a question")
         check_utf8(message, "the message")
@@ -152,8 +171,7 @@ class ChatSession:
             prompts = self.model.media_prompts(1, **self.media)
         seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(
             2**31)
-        return ReplyStream(self, message, ids, prompts, settings, seed,
-                           tuple(sorted(self.media)), dropped)
+        return ids, prompts, settings, seed, tuple(sorted(self.media)), dropped
 
     def render(self, result: ChatResult, settings: MusicSettings) -> MusicResult | None:
         """Render music for `result` per `settings.music`; stores it in `result.music`.
@@ -228,6 +246,74 @@ class ChatSession:
 
 _FIELDS = {cls: {f.name for f in dataclasses.fields(cls)}
            for cls in (GenerationSettings, MusicSettings)}
+
+
+@dataclass
+class ChatRequest:
+    """One request of `send_batch`: the first message of a fresh conversation, its media
+    (paths or loaded values), and optionally its own seed and music mode."""
+
+    message: str
+    audio: Any = None
+    image: Any = None
+    video: Any = None
+    seed: int | None = None  # sampling and music; None: the batch settings' seed
+    music: str | None = None  # auto / always / never; None: the batch's music settings
+
+
+def send_batch(model, requests: Sequence[ChatRequest | str],
+               settings: GenerationSettings | None = None, music: MusicSettings | None = None,
+               batch_size: int = 8) -> list[ChatResult]:
+    """Answer independent requests, the LLM generating `batch_size` replies at once (prompts
+    padded on the left). Each result, its music included, is what a fresh
+    `ChatSession(model).send(r.message, music, audio=r.audio, …, seed=r.seed)` returns
+    (same tokens and text; the [AUD] states agree to float rounding). `music` None with no
+    request's `music` set: text only. Music is rendered one reply at a time."""
+    settings = settings if settings is not None else GenerationSettings()
+    settings.validate()
+    if music is not None:
+        music.validate()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ChatError(f"batch_size={batch_size!r}: use a whole number of at least 1")
+    reqs = [ChatRequest(r) if isinstance(r, str) else r for r in requests]
+    results: list[ChatResult] = []
+    for start in range(0, len(reqs), batch_size):
+        chunk = reqs[start:start + batch_size]
+        sessions, prepared = [], []
+        for n, req in enumerate(chunk, start + 1):
+            session = ChatSession(model)
+            own = settings if req.seed is None else dataclasses.replace(settings, seed=req.seed)
+            try:
+                own.validate()
+                prepared.append(session._prepare(req.message, req.audio, req.image, req.video,
+                                                 own))
+            except ChatError as e:
+                raise ChatError(f"request {n}: {e}") from e
+            sessions.append(session)
+        replies = generate_batch(model.llm, model.tokenizer, [p[0] for p in prepared],
+                                 torch.cat([p[1] for p in prepared], dim=1), settings,
+                                 [p[3] for p in prepared])
+        for session, req, (ids, prompts, _, seed, used, dropped), reply in zip(
+                sessions, chunk, prepared, replies, strict=True):
+            result = session._record(req.message, ids, prompts, reply, seed, used, dropped)
+            wanted = _request_music(music, req)
+            if wanted is not None:
+                session.render(result, wanted)
+            results.append(result)
+    return results
+
+
+def _request_music(music: MusicSettings | None, req: ChatRequest) -> MusicSettings | None:
+    """The music settings of one request: the batch's, with its own mode and seed."""
+    if music is None and req.music is None:
+        return None
+    out = music if music is not None else MusicSettings()
+    if req.music is not None:
+        out = dataclasses.replace(out, music=req.music)
+    if req.seed is not None:
+        out = dataclasses.replace(out, seed=req.seed)
+    out.validate()
+    return out
 
 
 def _settings(cls: type, settings: Any, options: dict[str, Any]) -> Any:
