@@ -3,6 +3,7 @@ config), and the transformers audio-language captioner on a tiny random Qwen2-Au
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -112,3 +113,36 @@ def test_music_captioner_loads_each_kind_in_the_dtype_asked(models, clips):
     m2ugen = music_captioner(str(models["m2ugen"]), "cpu", "bfloat16", max_new_tokens=4)
     assert isinstance(m2ugen, MusicCaptioner)
     assert next(m2ugen.model.llm.parameters()).dtype == torch.bfloat16
+
+
+EVIL = "open({marker!r}, 'w').write('ran')\nraise ImportError('evil module stops here')\n"
+
+
+def plant(config: Path, marker: Path, auto_map: dict, **updates) -> None:
+    """Point `config`'s auto_map at an evil.py beside it (which creates `marker`)."""
+    data = {**json.loads(config.read_text()), **updates, "auto_map": auto_map}
+    config.write_text(json.dumps(data))
+    (config.parent / "evil.py").write_text(EVIL.format(marker=str(marker)))
+
+
+def test_remote_code_in_the_model_runs_only_with_the_flag(models, tmp_path):
+    marker = tmp_path / "ran"
+    model = shutil.copytree(models["audio"], tmp_path / "evil_model")
+    plant(model / "config.json", marker, {"AutoConfig": "evil.EvilConfig"},
+          model_type="evil_audio")
+    with pytest.raises(M2UGenError, match="rerun with --trust-remote-code") as e:
+        captioner_kind(str(model))
+    assert "\n" not in str(e.value) and not marker.exists()
+    with pytest.raises(ImportError, match="evil module stops here"):
+        captioner_kind(str(model), trust_remote_code=True)
+    assert marker.exists()
+
+
+def test_a_processor_auto_map_is_never_run_unasked(models, tmp_path, clips, monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("prompted for remote code"))
+    marker = tmp_path / "ran"
+    model = shutil.copytree(models["audio"], tmp_path / "evil_processor")
+    plant(model / "processor_config.json", marker, {"AutoProcessor": "evil.EvilProcessor"})
+    captioner = AudioLanguageCaptioner(str(model), "cpu", max_new_tokens=3)
+    assert type(captioner.processor).__name__ == "Qwen2AudioProcessor"  # the native one
+    assert isinstance(captioner(clips[:1])[0], str) and not marker.exists()
