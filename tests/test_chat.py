@@ -208,3 +208,34 @@ def test_history_keeps_the_newest_turns(tiny_model):
     assert partial_drops > 0
     assert [t.user for t in session.history] == [f"Song {i}?"
                                                  for i in range(8 - len(session.history), 8)]
+
+
+def test_send_batch_answers_each_request_as_a_fresh_session_would(tiny_model, media_arrays):
+    """Three requests of different lengths and inputs, sampled, in one LLM batch: the same
+    text, tokens, seed and — where music was asked for — the same waveform as
+    `ChatSession(model).send` of each alone; a request's own seed and music mode win."""
+    import numpy as np
+
+    from m2ugen.chat import ChatRequest, send_batch
+
+    settings = GenerationSettings(max_new_tokens=20, temperature=0.8, seed=9)
+    music = MusicSettings(music="never", seconds=0.5)
+    requests = [ChatRequest("Compose music for this picture", image=media_arrays["image"],
+                            seed=3, music="always"),
+                ChatRequest("Describe a calm song with a slow piano", seed=4),
+                ChatRequest("Hi", audio=media_arrays["audio"])]
+    results = send_batch(tiny_model, requests, settings, music, batch_size=3)
+    for req, result in zip(requests, results, strict=True):
+        own = settings if req.seed is None else dataclasses.replace(settings, seed=req.seed)
+        wanted = dataclasses.replace(music, music=req.music or music.music,
+                                     seed=req.seed if req.seed is not None else music.seed)
+        alone = ChatSession(tiny_model).send(req.message, wanted, audio=req.audio,
+                                             image=req.image, settings=own)
+        assert result.seed == alone.seed == (req.seed if req.seed is not None else 9)
+        assert result.token_ids == alone.token_ids and result.text == alone.text
+        assert result.inputs_used == alone.inputs_used
+        assert (result.music is None) == (alone.music is None) == (req.music != "always")
+        if alone.music is not None:
+            np.testing.assert_array_equal(result.music.waveforms, alone.music.waveforms)
+    with pytest.raises(ChatError, match="request 2: the message is empty"):
+        send_batch(tiny_model, ["Hi", "  "], settings)
