@@ -114,7 +114,8 @@ class AudioLanguageCaptioner:
         with loading_model("music captioner", name):
             self.processor = AutoProcessor.from_pretrained(
                 name, trust_remote_code=trust_remote_code)
-            self.model = cls.from_pretrained(name, dtype=dtype).to(device).eval()
+            # each weight goes straight to the device (no full host copy of ~17 GB first)
+            self.model = cls.from_pretrained(name, dtype=dtype, device_map=device).eval()
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # generation continues from the right end
         if self.tokenizer.pad_token_id is None:
