@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
 from datasets_gen.common.records import DatasetGenError
+
+VIDEO_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def list_media(root: Path, extensions: Iterable[str]) -> dict[str, Path]:
@@ -48,7 +51,11 @@ def read_youtube_ids(path: Path) -> list[tuple[str, float, float]]:
                 end = float(row[2]) if len(row) > 2 else start + 10.0
             except ValueError as e:
                 raise DatasetGenError(f"{path}:{n}: start/end must be seconds ({e})") from e
-            rows.append((row[0].strip(), start, end))
+            video = row[0].strip()
+            if not VIDEO_ID.fullmatch(video):  # it becomes a file name and a URL
+                raise DatasetGenError(f"{path}:{n}: {video!r} is not a YouTube video id "
+                                      "(letters, digits, - and _)")
+            rows.append((video, start, end))
     return rows
 
 

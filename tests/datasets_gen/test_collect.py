@@ -113,3 +113,13 @@ def test_missing_command_is_one_line_and_exit_2(fake_bin, tmp_path, capsys, miss
     assert err[0].startswith(f"error: cannot download from YouTube: the {missing} command is "
                              "not on PATH")
     assert calls(tmp_path) == []
+
+
+def test_an_id_that_is_not_a_youtube_id_is_a_one_line_error(fake_bin, tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("okAAAAAAAAA\n../../etc/x\n")
+    assert collect().run(["--out", str(tmp_path / "w"), "--youtube-ids", str(ids)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {ids}:2: '../../etc/x' is not a YouTube video id (letters, digits, " \
+                  "- and _)"
+    assert calls(tmp_path) == []
