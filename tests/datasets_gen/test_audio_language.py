@@ -147,3 +147,11 @@ def test_a_processor_auto_map_is_never_run_unasked(models, tmp_path, clips, monk
     captioner = AudioLanguageCaptioner(str(model), "cpu", max_new_tokens=3)
     assert type(captioner.processor).__name__ == "Qwen2AudioProcessor"  # the native one
     assert isinstance(captioner(clips[:1])[0], str) and not marker.exists()
+
+
+def test_the_prompt_reaches_the_model(models, clips):
+    default = AudioLanguageCaptioner(str(models["audio"]), "cpu", max_new_tokens=6)
+    other = AudioLanguageCaptioner(str(models["audio"]), "cpu", max_new_tokens=6,
+                                   prompt="Which instruments play?")
+    assert "Which instruments play?<|im_end|>" in other._text(clips[0])
+    assert default(clips) != other(clips)
