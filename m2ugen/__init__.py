@@ -36,14 +36,17 @@ def _drop_import_notes(record: logging.LogRecord) -> bool:
     """False for the notes torchao (used by --quantize, imported by transformers whenever it
     is installed) logs on every import with a CPU-only torch: its CUDA extensions do not
     load, there is no Triton (weight-only int8 needs neither), and torch finds its Enum
-    registrations outdated. Nothing for a user to fix."""
+    registrations outdated; diffusers finds torchao 0.18 without the tensor classes it
+    removed. Nothing for a user to fix."""
     message = str(record.msg)
     return not ((message.startswith("Failed to load ") and "torchao" in message)
                 or "Detected no triton" in message
+                or "Unable to import `torchao` Tensor objects" in message
                 or "is an Enum subclass and is now natively supported" in message)
 
 
-for _name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+for _name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree",
+              "diffusers.quantizers.torchao.torchao_quantizer"):
     logging.getLogger(_name).addFilter(_drop_import_notes)
 
 __all__ = ["ChatError", "ConfigError", "M2UGenError", "MediaError", "__version__", *_LAZY]

@@ -204,6 +204,13 @@ def load_llm(path: str, tokenizer_path: str, config: M2UGenConfig,
     if model.config.hidden_size != config.llm_dim:
         raise ConfigError(f"{path}: LLM width {model.config.hidden_size} but the model "
                           f"directory expects llm_dim={config.llm_dim}; name the matching LLM")
+    return wrap_llm(model, tokenizer, config)
+
+
+def wrap_llm(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
+             config: M2UGenConfig) -> InjectedLLM:
+    """A LlamaForCausalLM (with M2UGen's projection biases) → the injected, peft-wrapped LLM:
+    rows for the [AUD] tokens, LoRA on every projection, trainable new-token rows."""
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     ids = sorted(set(tokenizer.convert_tokens_to_ids(config.audio_tokens))
