@@ -2,6 +2,7 @@
 
     python benchmarks/bench_music.py                       # tiny presets, CPU
     python benchmarks/bench_music.py --full musicgen-small # full-size shapes, random weights
+    python benchmarks/bench_music.py --samplers            # AudioLDM2: DDIM-200 vs DPM-Solver++-20
 
 The tiny presets measure the code path (conditioning, CFG, decoding), not a real model's
 speed. `--full` builds MusicGen at the published sizes from configs with random weights
@@ -21,12 +22,15 @@ from m2ugen.model import M2UGen
 FULL_SIZES = {"musicgen-small": (1024, 24, 16), "musicgen-medium": (1536, 48, 24)}
 
 
-def rtf(decoder, cond, seconds: float, steps: int, repeats: int = 2) -> float:
-    decoder.generate(cond, seconds=min(seconds, 1.0), guidance=3.0, seed=0, steps=steps)
+def rtf(decoder, cond, seconds: float, steps: int | None, repeats: int = 2,
+        scheduler: str | None = None) -> float:
+    decoder.generate(cond, seconds=min(seconds, 1.0), guidance=3.0, seed=0, steps=steps,
+                     scheduler=scheduler)
     best = float("inf")
     for r in range(repeats):
         start = time.perf_counter()
-        decoder.generate(cond, seconds=seconds, guidance=3.0, seed=r, steps=steps)
+        decoder.generate(cond, seconds=seconds, guidance=3.0, seed=r, steps=steps,
+                         scheduler=scheduler)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
@@ -40,6 +44,16 @@ def tiny(seconds: float, steps: int) -> None:
         cond = torch.randn(1, *dec.cond_shape)
         print(f"{preset:15s} {dec.kind:9s} CPU fp32: RTF {rtf(dec, cond, seconds, steps):6.1f}x "
               f"real time ({seconds:g} s of audio, {steps} diffusion steps for AudioLDM2)")
+
+
+def samplers(seconds: float) -> None:
+    """The tiny AudioLDM2's default sampler against the published one, in one run."""
+    dec = M2UGen.from_pretrained("tiny-audioldm2").decoder
+    cond = torch.randn(1, *dec.cond_shape)
+    fast = rtf(dec, cond, seconds, None, scheduler="dpm++")  # 20 steps
+    published = rtf(dec, cond, seconds, None, scheduler="ddim")  # 200 steps
+    print(f"tiny-audioldm2 CPU fp32, {seconds:g} s of audio: DPM-Solver++ 20 steps RTF "
+          f"{fast:.2f}x, DDIM 200 steps RTF {published:.2f}x: {fast / published:.1f}x faster")
 
 
 def full(name: str, seconds: float) -> None:
@@ -84,9 +98,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--steps", type=int, default=20, help="AudioLDM2 denoising steps")
     ap.add_argument("--full", choices=sorted(FULL_SIZES), help="time a full-size MusicGen")
+    ap.add_argument("--samplers", action="store_true",
+                    help="AudioLDM2's default DPM-Solver++ (20 steps) vs the published DDIM (200)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    if args.full:
+    if args.samplers:
+        samplers(args.seconds)
+    elif args.full:
         full(args.full, args.seconds)
     else:
         tiny(args.seconds, args.steps)

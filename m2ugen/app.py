@@ -42,6 +42,7 @@ from m2ugen.errors import (
 from m2ugen.loading import merge_lora_for_inference
 from m2ugen.media import MediaSpec, guess_modality, load_media, save_audio
 from m2ugen.model import M2UGen
+from m2ugen.modules.decoders import SCHEDULERS
 from m2ugen.music import MUSIC_MODES, MusicSettings
 
 log = logging.getLogger("m2ugen")
@@ -93,7 +94,7 @@ SLIDERS: dict[str, tuple[str, float, float]] = {
     "steps": ("Decoder steps", 0, 200),
 }
 LABELS = {**{k: v[0] for k, v in SLIDERS.items()}, "music": "Music", "condition": "Condition",
-          "seed": "Seed"}
+          "seed": "Seed", "scheduler": "Sampler"}
 _INTEGER_SETTINGS = ("max_new_tokens", "steps")
 
 
@@ -170,9 +171,9 @@ def setting_name(field: str) -> str:
 
 def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
                   seconds: Any, guidance: Any, steps: Any, condition: Any,
-                  seed: Any) -> tuple[GenerationSettings, MusicSettings]:
+                  seed: Any, scheduler: Any = "dpm++") -> tuple[GenerationSettings, MusicSettings]:
     """The settings panel's values → validated settings; seed < 0 or empty = random,
-    steps 0 = the decoder's default.
+    steps 0 = the sampler's default (AudioLDM2: 20 with dpm++, 200 with ddim).
 
     The values arrive unprocessed (the chat event turns gradio's preprocessing off), so an
     API call may send anything JSON holds — NaN, strings, null, huge numbers: each is
@@ -194,7 +195,7 @@ def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
                              seed=seed_value)
     mus = MusicSettings(music=music, condition=condition, seconds=values["seconds"],
                         guidance=values["guidance"], steps=values["steps"] or None,
-                        seed=seed_value)
+                        scheduler=scheduler, seed=seed_value)
     gen.validate(setting_name)
     mus.validate(setting_name)
     return gen, mus
@@ -274,7 +275,8 @@ class AssistantApp:
     def respond(self, message: dict[str, Any] | str | None, state: VisitorState | None,
                 temperature: float, top_p: float, max_new_tokens: float, music: str,
                 seconds: float, guidance: float, steps: float, condition: str,
-                seed: float | None, progress: gr.Progress = gr.Progress(),  # noqa: B008
+                seed: float | None, scheduler: str = "dpm++",
+                progress: gr.Progress = gr.Progress(),  # noqa: B008
                 ) -> Iterator[tuple[list[dict[str, Any]], None, VisitorState]]:
         """Handle one visitor message; yields (chatbot messages, textbox value, state).
 
@@ -293,7 +295,7 @@ class AssistantApp:
         shown.extend(user_messages(text, files))
         try:
             gen, mus = make_settings(temperature, top_p, max_new_tokens, music, seconds,
-                                     guidance, steps, condition, seed)
+                                     guidance, steps, condition, seed, scheduler)
             media = load_attachments(files, self.media_spec, self.limits.max_upload_mb)
             if not files and state.last_music is not None:
                 # an edit follow-up: the music this visitor was just given is the input
@@ -382,7 +384,10 @@ def _settings_panel() -> list[gr.components.Component]:
             guidance = _slider("guidance", value=3.5, step=0.5)
             steps = _slider("steps", value=0, step=5, info="AudioLDM2 only; 0 = default")
             seed = gr.Number(value=-1, label="Seed", info="-1 = random")
-    return [temperature, top_p, max_new, music, seconds, guidance, steps, condition, seed]
+            scheduler = gr.Radio(list(SCHEDULERS), value="dpm++", label="Sampler",
+                                 info="AudioLDM2 only: dpm++ (20 steps) or ddim (published, 200)")
+    return [temperature, top_p, max_new, music, seconds, guidance, steps, condition, seed,
+            scheduler]
 
 
 def _examples(examples_dir: Path, examples=EXAMPLES) -> list[dict[str, Any]]:

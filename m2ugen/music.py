@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from m2ugen.errors import ChatError, check_number, check_seed
-from m2ugen.modules.decoders import TARGET_SCALE
+from m2ugen.modules.decoders import SCHEDULERS, TARGET_SCALE
 
 MUSIC_MODES = ("auto", "always", "never")
 CONDITIONS = ("embedding", "text")
@@ -32,7 +32,8 @@ class MusicSettings:
     condition: str = "embedding"
     seconds: float = 10.0
     guidance: float = 3.5  # published MusicGen guidance; AudioLDM2's pipeline default too
-    steps: int | None = None  # AudioLDM2 denoising steps (default 100); MusicGen ignores it
+    steps: int | None = None  # AudioLDM2 denoising steps (None: 20 dpm++, 200 ddim)
+    scheduler: str = "dpm++"  # AudioLDM2 sampler: dpm++ or ddim (published); MusicGen: none
     seed: int | None = None
     num_candidates: int = 1
 
@@ -45,6 +46,9 @@ class MusicSettings:
         if not isinstance(self.condition, str) or self.condition not in CONDITIONS:
             raise ChatError(f"{name('condition')}={self.condition!r}: use one of "
                             f"{', '.join(CONDITIONS)}")
+        if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
+            raise ChatError(f"{name('scheduler')}={self.scheduler!r}: use one of "
+                            f"{', '.join(SCHEDULERS)}")
         self.seconds = check_number(self.seconds, name("seconds"), above=0.0,
                                     maximum=MAX_SECONDS, error=ChatError)
         self.guidance = check_number(self.guidance, name("guidance"), minimum=0.0,
@@ -94,13 +98,13 @@ def render_music(model, audio_hidden: torch.Tensor, text: str,
         with torch.no_grad():
             conditioning = model.project(audio_hidden[None]) / TARGET_SCALE  # (1, N, W)
         waves = decoder.generate(conditioning.expand(n, -1, -1), settings.seconds,
-                                 settings.guidance, seed, settings.steps)
+                                 settings.guidance, seed, settings.steps, settings.scheduler)
     else:
         if not text.strip():
             raise ChatError("condition=text needs reply text, and the reply is empty; "
                             "use condition=embedding")
         waves = decoder.generate_from_text([text] * n, settings.seconds, settings.guidance,
-                                           seed, settings.steps)
+                                           seed, settings.steps, settings.scheduler)
     return MusicResult(waveforms=waves, sample_rate=decoder.sample_rate,
                        condition=settings.condition, seconds=settings.seconds, seed=seed,
                        conditioning=conditioning)

@@ -82,7 +82,11 @@ def test_make_settings_and_check_size(tmp_path):
     gen, mus = make_settings(0.5, 0.9, 32, "never", 3, 2.0, 0, "text", -1)
     assert (gen.seed, mus.seed, mus.steps, gen.max_new_tokens) == (None, None, None, 32)
     gen, mus = make_settings(0.5, 0.9, 32, "auto", 3, 2.0, 25, "embedding", 7)
-    assert (gen.seed, mus.seed, mus.steps) == (7, 7, 25)
+    assert (gen.seed, mus.seed, mus.steps, mus.scheduler) == (7, 7, 25, "dpm++")
+    _, mus = make_settings(0.5, 0.9, 32, "auto", 3, 2.0, 0, "embedding", 7, "ddim")
+    assert (mus.scheduler, mus.steps) == ("ddim", None)  # None: the published 200
+    with pytest.raises(ChatError, match=r"Sampler \(scheduler\)='pndm': use one of dpm\+\+"):
+        make_settings(0.5, 0.9, 32, "auto", 3, 2.0, 0, "embedding", 7, "pndm")
     with pytest.raises(ChatError, match="top_p"):
         make_settings(0.5, 0.0, 32, "auto", 3, 2.0, 0, "embedding", 0)
     big = tmp_path / "big.wav"

@@ -106,3 +106,32 @@ def test_music_modes_and_candidates(tiny_model):
     assert session.history[-1].assistant.endswith("[AUD7]") and result.has_audio_tokens
     with pytest.raises(ChatError, match="seconds"):
         session.render(result, MusicSettings(music="always", seconds=0))
+
+
+def test_scheduler_flag_reaches_audioldm2(tiny_audioldm2_dir, tiny_audioldm2_model, tmp_path,
+                                          capsys):
+    """`m2ugen chat --scheduler ddim` renders what the Python API renders with
+    scheduler="ddim", and other music than the default DPM-Solver++ at the same steps."""
+    waves = {}
+    for scheduler in ("ddim", "dpm++"):
+        out = tmp_path / f"{scheduler}.wav"
+        code = main(["chat", "--model", str(tiny_audioldm2_dir), "--music", "always",
+                     "--seconds", "0.3", "--steps", "2", "--scheduler", scheduler,
+                     "--dtype", "fp32", "--seed", "0", "--max-new-tokens", "3",
+                     "--out", str(out), "hi"])
+        assert code == 0, capsys.readouterr().err
+        waves[scheduler] = sf.read(out, dtype="float32")[0]
+    assert _differ(waves["ddim"], waves["dpm++"])
+    result = ChatSession(tiny_audioldm2_model).send(
+        "hi", music="always", seconds=0.3, steps=2, scheduler="ddim", seed=0,
+        max_new_tokens=3)
+    np.testing.assert_allclose(waves["ddim"], result.music.waveform, atol=1e-4)  # 16-bit WAV
+
+
+def test_an_unknown_scheduler_is_one_line(capsys):
+    with pytest.raises(ChatError, match=r"scheduler='pndm': use one of dpm\+\+, ddim"):
+        MusicSettings(scheduler="pndm").validate()
+    with pytest.raises(SystemExit):
+        main(["chat", "--scheduler", "pndm", "hi"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--scheduler: invalid choice: 'pndm'" in err

@@ -37,6 +37,8 @@ _TRUST_HELP = ("let a MERT whose config needs its own Python code (auto_map) run
                "only for model directories you trust")
 _FORCE_HELP = ("write into a non-empty directory that is not an m2ugen model directory (only "
                "the model's own files are written; nothing else there is touched)")
+_SCHEDULER_HELP = ("AudioLDM2 sampler: dpm++ (DPM-Solver++, the default) or ddim (the "
+                   "published 200-step DDIM: --scheduler ddim); MusicGen has none")
 _DTYPE_HELP = ("weights and compute: auto (default) = bf16 where the hardware computes it "
                "natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, "
                "fp32 otherwise; the log says which and why")
@@ -68,7 +70,9 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="music length")
     p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance")
     p.add_argument("--steps", type=int, default=None,
-                   help="AudioLDM2 denoising steps (default 100)")
+                   help="AudioLDM2 denoising steps (default 20 with dpm++, 200 with ddim)")
+    p.add_argument("--scheduler", choices=["dpm++", "ddim"], default="dpm++",
+                   help=_SCHEDULER_HELP)
     p.add_argument("--num-candidates", type=int, default=1, help="how many versions to render")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
     _add_dtype(p)
@@ -212,7 +216,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        help="items whose music is rendered in one decoder call (default 8)")
         t.add_argument("--seconds", type=float, default=10.0, help="music length (default 10)")
         t.add_argument("--guidance", type=float, default=3.5)
-        t.add_argument("--steps", type=int, default=None, help="AudioLDM2 denoising steps")
+        t.add_argument("--steps", type=int, default=None,
+                       help="AudioLDM2 denoising steps (default 20 with dpm++, 200 with ddim)")
+        t.add_argument("--scheduler", choices=["dpm++", "ddim"], default="dpm++",
+                       help=_SCHEDULER_HELP)
         t.add_argument("--condition", choices=["embedding", "text"], default="embedding",
                        help="decoder conditioning: projector output (default) or reply text")
         t.add_argument("--max-new-tokens", type=int, default=256)

@@ -114,8 +114,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     settings.validate(flag_name)
     music = MusicSettings(music=args.music, condition=args.condition, seconds=args.seconds,
-                          guidance=args.guidance, steps=args.steps, seed=args.seed,
-                          num_candidates=args.num_candidates)
+                          guidance=args.guidance, steps=args.steps, scheduler=args.scheduler,
+                          seed=args.seed, num_candidates=args.num_candidates)
     music.validate(flag_name)
     if not args.prompt and not args.interactive:
         raise M2UGenError("no prompt given; pass PROMPT or use --interactive")

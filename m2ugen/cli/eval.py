@@ -49,7 +49,8 @@ def _settings(args: argparse.Namespace) -> dict:
     if args.steps is not None:
         check_number(args.steps, "--steps", integer=True, minimum=1, maximum=1000)
     return {"seed": args.seed, "seconds": args.seconds, "guidance": args.guidance,
-            "steps": args.steps, "condition": args.condition, "batch_size": args.batch_size,
+            "steps": args.steps, "scheduler": args.scheduler, "condition": args.condition,
+            "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
             "top_p": args.top_p}
 

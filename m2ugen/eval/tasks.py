@@ -182,6 +182,7 @@ class RunSettings:
     seconds: float = 10.0
     guidance: float = 3.5
     steps: int | None = None
+    scheduler: str = "dpm++"  # AudioLDM2's sampler (modules/decoders SCHEDULERS)
     condition: str = "embedding"
     batch_size: int = 8
     max_new_tokens: int = 256
@@ -247,10 +248,11 @@ def _render(model, batch: list[Item], replies: list[tuple[Any, torch.Tensor]], s
     if s.condition == "text":
         texts = [r.text if r.text.strip() else it.prompt
                  for it, (r, _) in zip(batch, replies, strict=True)]
-        return decoder.generate_from_text(texts, s.seconds, s.guidance, seed, s.steps)
+        return decoder.generate_from_text(texts, s.seconds, s.guidance, seed, s.steps,
+                                          s.scheduler)
     with torch.no_grad():
         cond = torch.cat([model.project(h[None]) for _, h in replies]) / TARGET_SCALE
-    return decoder.generate(cond, s.seconds, s.guidance, seed, s.steps)
+    return decoder.generate(cond, s.seconds, s.guidance, seed, s.steps, s.scheduler)
 
 
 def _check_done(out: Path, items: list[Item]) -> None:

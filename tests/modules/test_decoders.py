@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from m2ugen.modules.decoders import TARGET_SCALE
@@ -116,3 +117,132 @@ def test_musicgen_generates_every_frame_it_returns(tiny_model):
         wave = dec.generate(_cond(tiny_model), seconds=seconds, guidance=3.0, seed=2)[0]
         assert len(wave) == int(seconds * dec.sample_rate)
         assert np.abs(wave[-hop:]).max() > 0  # the last frame was generated, not padded
+
+
+class _Stop(Exception):
+    """Raised from a UNet hook once the timesteps of interest are seen."""
+
+
+def _first_timesteps(dec, n: int, **kwargs) -> list[int]:
+    """The timesteps the UNet is called at, first `n` (the run is stopped there)."""
+    seen: list[int] = []
+
+    def hook(module, args, kwargs_):
+        t = args[1] if len(args) > 1 else kwargs_["timestep"]
+        seen.append(int(torch.as_tensor(t).flatten()[0]))
+        if len(seen) == n:
+            raise _Stop
+
+    handle = dec.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        dec.generate(_cond_for(dec), seconds=0.3, guidance=3.0, seed=0, **kwargs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen
+
+
+def _cond_for(dec, seed=0):
+    n, w = dec.cond_shape
+    return torch.randn(1, n, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _schedule(dec, cls, steps, **kw):
+    sched = cls.from_config(dec.pipe.scheduler.config, **kw)
+    sched.set_timesteps(steps)
+    return [int(t) for t in sched.timesteps]
+
+
+def _pipeline_run(dec, scheduler, text, steps, seed=0):
+    """The pipeline's own call with `scheduler`, as a diffusers user writes it."""
+    from diffusers import AudioLDM2Pipeline
+
+    pipe = AudioLDM2Pipeline(**{**dec.pipe.components, "scheduler": scheduler})
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=[text], negative_prompt=["Low quality."], num_inference_steps=steps,
+               guidance_scale=3.0, generator=torch.Generator().manual_seed(seed),
+               audio_length_in_s=0.3, num_waveforms_per_prompt=1, output_type="np")
+    return dec.fit_length(np.asarray(out.audios).reshape(1, -1), 0.3)
+
+
+def test_audioldm2_samples_with_dpm_solver_pp_at_20_steps_by_default(tiny_audioldm2_model):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    dec = tiny_audioldm2_model.decoder
+    dpm20 = _schedule(dec, DPMSolverMultistepScheduler, 20, algorithm_type="dpmsolver++")
+    assert _first_timesteps(dec, 3) == dpm20[:3]
+    assert _first_timesteps(dec, 3, steps=7) == _schedule(
+        dec, DPMSolverMultistepScheduler, 7, algorithm_type="dpmsolver++")[:3]
+    # the sampler used is DPM-Solver++ itself: the same audio as the pipeline run with one
+    # built here, and not DDIM's at the same steps
+    text = "A calm piano piece."
+    got = dec.generate_from_text([text], 0.3, 3.0, 0, steps=3)
+    dpm = DPMSolverMultistepScheduler.from_config(dec.pipe.scheduler.config,
+                                                  algorithm_type="dpmsolver++")
+    np.testing.assert_array_equal(got, _pipeline_run(dec, dpm, text, 3))
+    ddim = _pipeline_run(dec, DDIMScheduler.from_config(dec.pipe.scheduler.config), text, 3)
+    assert np.abs(got - ddim).max() > 1e-3 * np.abs(ddim).max()
+    assert got.shape[0] == 1  # one waveform per prompt
+
+
+def test_audioldm2_ddim_is_the_published_sampler(tiny_audioldm2_model):
+    """`scheduler="ddim"` is the checkpoint's own DDIM at the published 200 steps."""
+    from diffusers import DDIMScheduler
+
+    dec = tiny_audioldm2_model.decoder
+    assert type(dec.pipe.scheduler) is DDIMScheduler  # the checkpoint's, left as loaded
+    assert _first_timesteps(dec, 3, scheduler="ddim") == _schedule(dec, DDIMScheduler, 200)[:3]
+    pipe, steps = dec.sampler("ddim")
+    assert type(pipe.scheduler) is DDIMScheduler and steps == 200
+    assert dict(pipe.scheduler.config) == dict(dec.pipe.scheduler.config)
+    assert pipe.scheduler is not dec.pipe.scheduler  # each call has its own state
+    text = "A calm piano piece."
+    got = dec.generate_from_text([text], 0.3, 3.0, 0, steps=3, scheduler="ddim")
+    np.testing.assert_array_equal(got, _pipeline_run(dec, dec.pipe.scheduler, text, 3))
+
+
+def test_an_unknown_scheduler_is_one_line(tiny_audioldm2_model):
+    import pytest
+
+    from m2ugen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"scheduler 'pndm' is unknown; use one of dpm\+\+, ddim"):
+        tiny_audioldm2_model.decoder.make_scheduler("pndm")
+
+
+def test_musicgen_guidance_is_one_batched_forward_per_step(tiny_model):
+    """Classifier-free guidance runs the conditional and unconditional halves in ONE
+    decoder forward of batch 2B per step (transformers' MusicGen), not two forwards."""
+    dec = tiny_model.decoder
+    cond = torch.cat([_cond(tiny_model, 0), _cond(tiny_model, 1)])  # B = 2
+    k = dec.num_codebooks  # the decoder takes its codes as (batch × K, length)
+    calls = {}
+    for guidance, batch in ((3.0, 4), (1.0, 2)):
+        batches: list[int] = []
+
+        def hook(module, args, kwargs, batches=batches):
+            batches.append(kwargs["input_ids"].shape[0] // k)
+
+        handle = dec.model.decoder.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            dec.generate(cond, seconds=0.2, guidance=guidance, seed=0)
+        finally:
+            handle.remove()
+        assert set(batches) == {batch}
+        calls[guidance] = len(batches)
+    assert calls[3.0] == calls[1.0] >= dec._max_new_tokens(0.2)  # guidance adds no forward
+
+
+@pytest.mark.parametrize("kind", ["musicgen", "audioldm2"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decoders_render_in_half_precision(kind, dtype, tiny_model, tiny_audioldm2_model):
+    from m2ugen.config import resolve_component
+    from m2ugen.modules.decoders import load_decoder
+
+    model = tiny_model if kind == "musicgen" else tiny_audioldm2_model
+    path = resolve_component(model.config.decoder_path, model.base_dir)
+    dec = load_decoder(kind, path, torch.device("cpu"), dtype)
+    wave = dec.generate(_cond(model).to(dtype), seconds=0.1, guidance=3.0, seed=0, steps=2)
+    assert wave.dtype == np.float32 and wave.shape == (1, int(0.1 * dec.sample_rate))
+    assert np.isfinite(wave).all() and np.abs(wave).max() > 1e-4

@@ -25,6 +25,11 @@ MUSICGEN_TOKENS = 128
 AUDIOLDM2_T5_TOKENS = 128  # whatever the T5 tokenizer's own maximum
 AUDIOLDM2_GPT2_TOKENS = 8  # the pipeline's language model generates 8 states
 
+# AudioLDM2's samplers (MusicGen has none): DPM-Solver++ at a few steps is the default, the
+# published 200-step DDIM one flag away; each with its default number of steps
+SCHEDULERS = ("dpm++", "ddim")
+SCHEDULER_STEPS = {"dpm++": 20, "ddim": 200}
+
 
 def musicgen_cond_shape(t5_width: int) -> tuple[int, int]:
     """(N, W) the projector makes for MusicGen: (128, T5 width)."""
@@ -74,12 +79,17 @@ class MusicDecoder(ABC):
 
     @abstractmethod
     def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float,
-                 seed: int, steps: int | None = None) -> np.ndarray:
-        """Conditioning (B, N, W) (already ÷ 10) → waveforms (B, samples) float32."""
+                 seed: int, steps: int | None = None,
+                 scheduler: str | None = None) -> np.ndarray:
+        """Conditioning (B, N, W) (already ÷ 10) → waveforms (B, samples) float32.
+
+        `scheduler` (one of SCHEDULERS; None: the first) and `steps` (None: its
+        SCHEDULER_STEPS) choose a diffusion decoder's sampler; MusicGen ignores both."""
 
     @abstractmethod
     def generate_from_text(self, texts: list[str], seconds: float, guidance: float,
-                           seed: int, steps: int | None = None) -> np.ndarray:
+                           seed: int, steps: int | None = None,
+                           scheduler: str | None = None) -> np.ndarray:
         """The published behaviour: prompt the decoder with text → waveforms (B, samples)."""
 
     def fit_length(self, audio: np.ndarray, seconds: float) -> np.ndarray:

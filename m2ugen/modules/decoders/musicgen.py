@@ -69,7 +69,7 @@ class MusicGenDecoder(MusicDecoder):
 
     @torch.no_grad()
     def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float, seed: int,
-                 steps: int | None = None) -> np.ndarray:
+                 steps: int | None = None, scheduler: str | None = None) -> np.ndarray:
         b = conditioning.shape[0]
         dtype = next(self.model.parameters()).dtype
         cond = conditioning.to(self.device, dtype)
@@ -88,7 +88,8 @@ class MusicGenDecoder(MusicDecoder):
 
     @torch.no_grad()
     def generate_from_text(self, texts: list[str], seconds: float, guidance: float, seed: int,
-                           steps: int | None = None) -> np.ndarray:
+                           steps: int | None = None,
+                           scheduler: str | None = None) -> np.ndarray:
         enc = self.processor(text=texts, padding=True, return_tensors="pt").to(self.device)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
