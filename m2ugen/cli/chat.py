@@ -103,33 +103,61 @@ def _reply(session, message: str, media: dict, settings, music, out: Path) -> No
           f"seed {rendered.seed})", file=sys.stderr)
 
 
-def cmd_chat(args: argparse.Namespace) -> int:
-    from m2ugen.chat import ChatSession, GenerationSettings, check_utf8
+def _load_model(args: argparse.Namespace, decoder: bool):
+    """The model for generation: LoRA folded in where it pays, quantized on request."""
     from m2ugen.loading import merge_lora_for_inference
     from m2ugen.model import M2UGen
+    from m2ugen.modules.quantize import quantize_llm
+
+    model = M2UGen.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                   trust_remote_code=args.trust_remote_code, decoder=decoder)
+    merge_lora_for_inference(model)  # generation only: where it pays (logged)
+    if args.quantize:
+        quantize_llm(model.llm, args.quantize)
+    return model
+
+
+def _cmd_batch(args: argparse.Namespace, settings, music) -> int:
+    from m2ugen.cli.batch import check_batch_args, read_requests, run_batch
+    from m2ugen.model import M2UGen
+    from m2ugen.modules.quantize import check_quantize
+
+    check_batch_args(args)
+    check_device(args.device, "--device")
+    check_quantize(args.quantize, args.device, None)
+    lines = read_requests(args.batch, M2UGen.read_media_spec(args.model))
+    modes = {music.music} | {b.music for b in lines if b.music}
+    model = _load_model(args, decoder=modes != {"never"})
+    run_batch(model, lines, settings, music, args.out_dir, args.batch_size)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from m2ugen.chat import ChatSession, GenerationSettings, check_utf8
+    from m2ugen.modules.quantize import check_quantize
     from m2ugen.music import MusicSettings
 
     # every check that needs no model first: a mistake costs a second, not a model load
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                  cache=args.cache, compile=args.compile)
     settings.validate(flag_name)
     music = MusicSettings(music=args.music, condition=args.condition, seconds=args.seconds,
                           guidance=args.guidance, steps=args.steps, scheduler=args.scheduler,
                           seed=args.seed, num_candidates=args.num_candidates)
     music.validate(flag_name)
+    if args.batch is not None:  # many requests from a file (cli/batch.py)
+        return _cmd_batch(args, settings, music)
     if not args.prompt and not args.interactive:
         raise M2UGenError("no prompt given; pass PROMPT or use --interactive")
     if args.prompt:
         check_utf8(args.prompt, "the prompt")
     _check_out(args.out, writing=music.music != "never")
     check_device(args.device, "--device")
+    check_quantize(args.quantize, args.device, None)
     media = _load_attachments(args)
     # --music never makes no music: the decoder (GBs at full size) is not loaded at all
-    model = M2UGen.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                   trust_remote_code=args.trust_remote_code,
-                                   decoder=music.music != "never")
-    merge_lora_for_inference(model)  # generation only: where it pays (logged)
-    session = ChatSession(model)
+    session = ChatSession(_load_model(args, decoder=music.music != "never"))
     if args.prompt:
         _reply(session, args.prompt, media, settings, music, args.out)
         media = {}
