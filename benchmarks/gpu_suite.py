@@ -311,8 +311,9 @@ def media_inputs(model, seconds: float = 10.0) -> dict[str, dict[str, Any]]:
                                             dtype=np.uint8)}}
 
 
-def decode(model, ids, prompts, n: int, **kw) -> tuple[list[int], float]:
-    """Greedy tokens of n steps and tokens/s (a short warm-up first: compilation, caches)."""
+def decode(model, ids, prompts, n: int, repeat: int = 1, **kw) -> tuple[list[int], float]:
+    """Greedy tokens of n steps and tokens/s of the best of `repeat` runs (after a warm-up:
+    compilation, caches; a busy CPU varies from run to run)."""
     from m2ugen.generate import GenerationSettings, generate_tokens
 
     settings = GenerationSettings(max_new_tokens=n, temperature=0.0, **kw)
@@ -322,12 +323,13 @@ def decode(model, ids, prompts, n: int, **kw) -> tuple[list[int], float]:
     for _, _ in zip(range(n if settings.compile else 4), warm, strict=False):
         pass
     warm.close()
-    tokens, seconds = timed(model.device, lambda: [t for t, _ in generate_tokens(
-        model.llm, ids, prompts, settings, 0)])
-    return tokens, len(tokens) / seconds
+    runs = [timed(model.device, lambda: [t for t, _ in generate_tokens(
+        model.llm, ids, prompts, settings, 0)]) for _ in range(repeat)]
+    tokens = runs[0][0]
+    return tokens, len(tokens) / min(seconds for _, seconds in runs)  # the best run
 
 
-def first_token(model, ids, media: dict[str, Any]) -> float:
+def first_token(model, ids, media: dict[str, Any], repeat: int = 1) -> float:
     from m2ugen.generate import GenerationSettings, generate_tokens
 
     def run() -> int:
@@ -340,7 +342,7 @@ def first_token(model, ids, media: dict[str, Any]) -> float:
         return token
 
     run()  # warm-up
-    return timed(model.device, run)[1]
+    return min(timed(model.device, run)[1] for _ in range(repeat))
 
 
 def render(decoder, device, dtype, seconds: float, **kw) -> float:
@@ -361,6 +363,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seconds", type=float, default=None,
                     help="music rendered per measurement (default 10; 1 with --small)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled runs")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed runs per decoding and first-token measurement, the best kept "
+                         "(default 1; 3 with --small)")
     ap.add_argument("--out", type=Path, help="write the results here as JSON")
     args = ap.parse_args(argv)
     from m2ugen.conversation import build_prompt_ids
@@ -374,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n_new = args.new_tokens or (32 if small else 256)
     seconds = args.seconds or (1.0 if small else 10.0)
+    repeat = args.repeat or (3 if small else 1)
     torch.manual_seed(0)
     tiny = ensure_tiny(tiny_dir("musicgen"), model_cls=M2UGen)  # tokenizers, processors
     tiny_aldm = ensure_tiny(tiny_dir("audioldm2"), decoder="audioldm2", model_cls=M2UGen)
@@ -381,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {"device": str(device), "gpu": torch.cuda.get_device_name(device)
                            if device.type == "cuda" else None, "dtype": str(dtype),
                            "size": "small (tiny shapes)" if small else "full (published)",
-                           "new_tokens": n_new, "music_seconds": seconds,
+                           "new_tokens": n_new, "music_seconds": seconds, "repeat": repeat,
                            "threads": torch.get_num_threads()}
     rss_before = rss_gib()
     model, res["build_s"] = timed(device, lambda: build_assistant(cfgs, tiny, small, device,
@@ -396,13 +402,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = model.media_prompts(1)
     tps: dict[str, float] = {}
     agree: dict[str, int] = {}
-    ref, tps["eager, KV cache"] = decode(model, ids, prompts, n_new)
-    _, tps["eager, no cache (published)"] = decode(model, ids, prompts, n_new, use_cache=False)
+    ref, tps["eager, KV cache"] = decode(model, ids, prompts, n_new, repeat)
+    _, tps["eager, no cache (published)"] = decode(model, ids, prompts, n_new, repeat,
+                                                   use_cache=False)
     if not args.no_compile:
-        toks, tps["static cache + compile"] = decode(model, ids, prompts, n_new,
+        toks, tps["static cache + compile"] = decode(model, ids, prompts, n_new, repeat,
                                                      cache="static", compile=True)
         agree["static cache + compile"] = sum(a == b for a, b in zip(toks, ref, strict=True))
-    res["ttft_s"] = {name: first_token(model, ids, media)
+    res["ttft_s"] = {name: first_token(model, ids, media, repeat)
                      for name, media in media_inputs(model).items()}
     res["render_s"] = {"musicgen-small": render(model.decoder, device, dtype, seconds)}
     # one chat reply + its music: the whole assistant's peak
@@ -430,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         kw = {} if args.no_compile else {"cache": "static", "compile": True}
-        toks, tps[key] = decode(model, ids, prompts, n_new, **kw)
+        toks, tps[key] = decode(model, ids, prompts, n_new, repeat, **kw)
         agree[key] = sum(a == b for a, b in zip(toks, ref, strict=True))
         render(model.decoder, device, dtype, seconds)
         res["gpu_peak_gib"][key] = gpu_gib(device)
