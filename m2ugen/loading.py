@@ -207,8 +207,10 @@ def decoder_parameters(decoder: MusicDecoder) -> Iterator[tuple[str, torch.Tenso
 
 
 def write_model_files(model: nn.Module, directory: Path, metadata: dict[str, str] | None = None,
-                      dtype: torch.dtype | None = None) -> None:
-    """Config, tokenizer and trained tensors (cast to `dtype` if given) of `model` into
+                      dtype: torch.dtype | None = None,
+                      tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Config, tokenizer and trained tensors (the model's, or `tensors` when a trainer
+    gathered them from shards; cast to `dtype` if given) of `model` into
     `directory`, each file atomically. Local components are referred to by absolute path
     and fingerprinted, so the directory loads from anywhere and notices a changed base."""
     cfg = M2UGenConfig.from_dict(model.config.to_dict())
@@ -222,7 +224,7 @@ def write_model_files(model: nn.Module, directory: Path, metadata: dict[str, str
     cfg.save(directory)
     model.tokenizer.save_pretrained(directory / "tokenizer")
     tensors = {k: v if dtype is None else v.to(dtype)
-               for k, v in trained_parameters(model).items()}
+               for k, v in (trained_parameters(model) if tensors is None else tensors).items()}
     save_tensors(directory / TRAINED_NAME, tensors,
                  metadata={"format": "m2ugen", "version": str(cfg.format_version),
                            **(metadata or {})})

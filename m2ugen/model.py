@@ -242,7 +242,7 @@ class M2UGen(nn.Module):
         zero = ce_sum.new_zeros(())
         out = {"ce_sum": ce_sum, "ce_count": (targets != -100).sum().to(ce_sum.dtype),
                "mse_sum": zero, "mse_count": zero}
-        if music_rows is not None and len(music_rows):
+        if music_rows is not None:  # none (M=0): FSDP's ranks all call the projector
             h = hidden[music_rows[:, None], music_positions - 1]  # (M, 8, D) predicting [AUDi]
             pred = self.project(h).float()
             mask = music_mask.to(pred.dtype)
@@ -276,9 +276,11 @@ class M2UGen(nn.Module):
         return directory
 
     def write_model_files(self, directory: Path, metadata: dict[str, str] | None = None,
-                          dtype: torch.dtype | None = None) -> None:
-        """Config, tokenizer and trained tensors into `directory` (`loading.write_model_files`)."""
-        loading.write_model_files(self, directory, metadata, dtype)
+                          dtype: torch.dtype | None = None,
+                          tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Config, tokenizer and trained tensors (the model's, or `tensors`: gathered from
+        shards) into `directory` (`loading.write_model_files`)."""
+        loading.write_model_files(self, directory, metadata, dtype, tensors=tensors)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu",

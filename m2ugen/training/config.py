@@ -40,7 +40,12 @@ class TrainConfig:
     save_every: int = 50
     num_workers: int = 0
     gradient_checkpointing: bool = False
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (CPU always fp32)
+    precision: str = "auto"  # auto | bf16 | fp16 (+ gradient scaler) | fp32 (auto: fp32 on CPU)
+    # ddp: every rank holds the whole model (one process: no wrapper); fsdp: FSDP2
+    # (fully_shard) shards the LLM layers, trained tensors, gradients and optimizer state
+    strategy: str = "ddp"
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only)
+    cpu_offload: bool = False  # fsdp: sharded parameters, gradients, optimizer state in host RAM
     device: str = "auto"
     # dtype of adapter.safetensors (trainer_state/ always keeps fp32 for exact resume);
     # bf16 halves a 7B model directory (2.0 → 1.0 GiB)
@@ -91,7 +96,7 @@ class TrainConfig:
         self.betas = [check_number(b, name("betas"), minimum=0.0, maximum=0.9999)
                       for b in self.betas]
         for key in ("group_by_length", "gradient_checkpointing", "skip_bad", "progress",
-                    "tensorboard"):
+                    "tensorboard", "cpu_offload"):
             if not isinstance(getattr(self, key), bool):  # the string "false" is truthy
                 raise ConfigError(f"{name(key)} must be true or false, got "
                                   f"{getattr(self, key)!r}")
@@ -114,6 +119,13 @@ class TrainConfig:
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"{name('precision')} {self.precision!r}: use auto, bf16, fp16 "
                               "or fp32")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"{name('strategy')} {self.strategy!r}: use ddp or fsdp")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise ConfigError(f"{name('optimizer')} {self.optimizer!r}: use adamw or adamw8bit")
+        if self.cpu_offload and self.strategy != "fsdp":
+            raise ConfigError(f"{name('cpu_offload')}: CPU offload is an FSDP option; add "
+                              "strategy=fsdp or drop cpu_offload")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,15 +14,16 @@ import logging
 import math
 import os
 import time
+from collections.abc import Collection
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from m2ugen.config import MODALITIES
 from m2ugen.data.batching import ResumableBatchSampler, collate
 from m2ugen.data.cache import FeatureCache
 from m2ugen.data.dataset import TrainDataset
@@ -32,7 +33,24 @@ from m2ugen.loading import default_dtype
 from m2ugen.model import M2UGen
 from m2ugen.training.config import TrainConfig
 from m2ugen.training.features import batch_features, batch_music, needs_decoder, train_device
-from m2ugen.training.state import STATE_DIR, MetricsLog, load_trainer_state, save_checkpoint
+from m2ugen.training.parallel import (
+    as_float,
+    barrier,
+    check_hardware,
+    full_trained,
+    load_optimizer_state,
+    make_optimizer,
+    make_scaler,
+    optimizer_state,
+    wrap,
+)
+from m2ugen.training.state import (
+    STATE_DIR,
+    MetricsLog,
+    read_trainer_state,
+    restore_trainer_state,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +78,25 @@ def _dist_setup() -> tuple[int, int, int]:
 
 def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: bf16 where the GPU has it, fp16 (+ grad scaler) on older GPUs, none
-    (fp32) on the CPU unless bf16 is asked for explicitly (CPU autocast supports bf16)."""
+    (fp32) on the CPU unless bf16 or fp16 is asked for (CPU autocast computes both; fp16
+    there is how the V100 recipe, scaler and all, is tested without a GPU)."""
     if cfg.precision == "fp32" or (device.type != "cuda" and cfg.precision == "auto"):
         return None
-    if device.type != "cuda" and cfg.precision == "fp16":
-        raise ConfigError("precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     if cfg.precision == "auto":  # the GPU's half type, chosen in one place for every face
         return default_dtype(device)
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+
+
+def precision_note(cfg: TrainConfig, autocast: torch.dtype | None,
+                   device: torch.device) -> str:
+    """The log line saying which precision runs, and why."""
+    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast]
+    how = ("no autocast" if autocast is None else f"{name} autocast"
+           + (" + gradient scaler" if autocast is torch.float16 else ""))
+    why = f"precision={cfg.precision}" + (f" on {device.type}" if cfg.precision == "auto"
+                                          else "")
+    return (f"precision {name} ({why}): {how}; frozen weights {name}, trained tensors "
+            f"fp32")
 
 
 def _all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -116,8 +145,13 @@ def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
     return model, dataset, sampler, autocast
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run one stage; returns the output model directory."""
+def train(cfg: TrainConfig, resume: bool = False, *,
+          overflow_steps: Collection[int] = ()) -> Path:
+    """Run one stage; returns the output model directory.
+
+    `overflow_steps`: optimizer steps (1-based, as logged) whose backward runs on the loss
+    times inf, as an fp16 overflow does: the gradient scaler must skip them (a test hook;
+    the logged loss stays the true one)."""
     out = Path(cfg.out)
     if not resume and (out / STATE_DIR).exists():
         raise ConfigError(f"{out} holds a training run already; pass --resume to continue it "
@@ -127,29 +161,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                           "choose another out= (the model to start from goes in model=)")
     world, rank, local = _dist_setup()
     device = train_device(cfg, local)
+    check_hardware(cfg, device)
+    saved = read_trainer_state(out) if resume else None  # a bad state costs no model load
+    if saved is not None and saved.meta.get("strategy", "ddp") != cfg.strategy:
+        raise ConfigError(f"{saved.pt.parent}: saved with strategy="
+                          f"{saved.meta.get('strategy', 'ddp')}; resume with that strategy")
     torch.manual_seed(cfg.seed + rank)  # a seed per rank
     model, dataset, sampler, autocast = build(cfg, device, world, rank)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}],
-                              lr=cfg.lr, betas=tuple(cfg.betas))
+    if rank == 0:
+        log.info("%s", precision_note(cfg, autocast, device))
+    if saved is not None:  # whole tensors go in before sharding
+        model.load_trained(saved.tensors, str(saved.weights))
+    net = wrap(model, cfg, world, device)
+    params = [p for p in model.parameters() if p.requires_grad]  # shards under FSDP
+    optim = make_optimizer(cfg, params)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, cfg) / cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
-    step, epoch, batch_pos = 0, 0, 0
-    if resume:
-        step, epoch, batch_pos = load_trainer_state(out, optim, sched, scaler, rank, device,
-                                                    model)
+    scaler = make_scaler(cfg, autocast, device, world)
+    step, epoch, batch_pos, skipped_total = 0, 0, 0, 0
+    if saved is not None:
+        step, epoch, batch_pos = restore_trainer_state(
+            saved, optim, sched, scaler, rank, device,
+            partial(load_optimizer_state, model, optim, cfg=cfg))
+        skipped_total = int(saved.meta.get("skipped_steps", 0))
         log.info("resumed from %s at step %d (epoch %d, batch %d)", out, step, epoch, batch_pos)
 
-    net = model
-    if world > 1:
-        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-        frozen += [n for n, _ in model.named_buffers()]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
-        net = DistributedDataParallel(model, device_ids=[local] if device.type == "cuda"
-                                      else None, find_unused_parameters=True)
     metrics = MetricsLog(out, enabled=rank == 0, resume=resume, tensorboard=cfg.tensorboard,
                          resume_step=step)
     pad = model.tokenizer.pad_token_id
@@ -170,13 +205,25 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     model.train()
     progress = _progress(cfg, step, rank)
     t_last, seen = time.perf_counter(), 0
+    fill = cfg.strategy == "fsdp" and world > 1
     while step < cfg.max_steps:
         micro = [next(stream) for _ in range(cfg.grad_accum)]
-        loss_ce, loss_mse = _step(model, net, micro, world, autocast, scaler, device)
+        factor = math.inf if step + 1 in overflow_steps else 1.0
+        loss_ce, loss_mse = _step(model, net, micro, world, autocast, scaler, device,
+                                  fill=fill, loss_factor=factor)
         scaler.unscale_(optim)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip) if cfg.clip > 0 else None
-        scaler.step(optim)
+        grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                             if cfg.clip > 0 else None)
+        scale = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.step(optim)  # skipped when a gradient is inf/NaN (fp16 only)
         scaler.update()
+        skipped = scale is not None and scaler.get_scale() < scale
+        if skipped:
+            skipped_total += 1
+            if rank == 0:
+                log.warning("step %d: fp16 gradients overflowed (inf/NaN); optimizer step "
+                            "skipped, loss scale %g -> %g (%d skipped so far)", step + 1,
+                            scale, scaler.get_scale(), skipped_total)
         optim.zero_grad(set_to_none=True)
         lr = sched.get_last_lr()[0]
         sched.step()
@@ -189,30 +236,47 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             now = time.perf_counter()
             rate = seen / (now - t_last)
             t_last, seen = now, 0
-            metrics.write(step, {"loss": loss, "ce": loss_ce, "mse": loss_mse, "lr": lr,
-                                 "grad_norm": float(grad_norm) if grad_norm is not None
-                                 else None, "samples_per_s": rate, "epoch": epoch})
+            row = {"loss": loss, "ce": loss_ce, "mse": loss_mse, "lr": lr,
+                   "grad_norm": grad_norm if grad_norm is not None and math.isfinite(grad_norm)
+                   else None, "samples_per_s": rate, "epoch": epoch}
+            if scaler.is_enabled():
+                row.update(loss_scale=scaler.get_scale(), skipped=skipped,
+                           skipped_steps=skipped_total)
+            metrics.write(step, row)
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         stopping = cfg.stop_after is not None and step >= start_step + cfg.stop_after
         if step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
+            trained = full_trained(model)  # collectives: every rank
+            optim_state = optimizer_state(model, optim, cfg)
             save_checkpoint(model, out, optim, sched, scaler, step, epoch, batch_pos, rank,
-                            world, cfg)
+                            world, cfg, trained=trained, optim_state=optim_state,
+                            extra={"strategy": cfg.strategy, "skipped_steps": skipped_total})
         if stopping:
             log.info("stopping at step %d of %d (stop_after=%d); continue with --resume",
                      step, cfg.max_steps, cfg.stop_after)
             break
     progress.close()
     metrics.close()
-    if world > 1:
-        dist.barrier()
+    if rank == 0 and scaler.is_enabled():
+        log.info("fp16: %d of %d steps skipped on overflow; final loss scale %g",
+                 skipped_total, step, scaler.get_scale())
+    barrier(world)
     return out
 
 
-def _step(model, net, micro, world, autocast, scaler, device) -> tuple[float, float]:
-    """Forward/backward over the accumulation micro-batches with global normalisation."""
+def _step(model, net, micro, world, autocast, scaler, device, fill: bool = False,
+          loss_factor: float = 1.0) -> tuple[float, float]:
+    """Forward/backward over the accumulation micro-batches with global normalisation.
+
+    `fill` (FSDP): every rank runs every adapter and the projector that some rank's
+    micro-batch needs in this step, on zero inputs where its own has none, so all ranks
+    hold gradients for the same tensors (FSDP reduces only those; DDP's
+    find_unused_parameters does this for DDP). Zero inputs give zero gradients: the
+    update is unchanged."""
     prepared = []
-    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    # supervised tokens, music target elements, then which modalities / music appear
+    counts = torch.zeros(3 + len(MODALITIES), dtype=torch.float64, device=device)
     for _, _, batch in micro:
         with torch.no_grad():
             feats = batch_features(model, batch)
@@ -222,21 +286,47 @@ def _step(model, net, micro, world, autocast, scaler, device) -> tuple[float, fl
         counts[0] += (labels[:, 1:] != -100).sum()
         if music:
             counts[1] += music["music_mask"].sum()
+            counts[2] += 1
+        for j, m in enumerate(MODALITIES):
+            counts[3 + j] += m in feats
         prepared.append((ids, batch["attention_mask"].to(device), labels, feats, music))
     counts = _all_sum(counts, world)
+    if fill:
+        for ids, _, _, feats, music in prepared:
+            _fill(model, feats, music, counts, ids.shape[0])
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     for i, (ids, mask, labels, feats, music) in enumerate(prepared):
         sync = i == len(prepared) - 1 or world == 1
+        if hasattr(net, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once
+            net.set_requires_gradient_sync(sync)
         ctx = net.no_sync() if not sync and hasattr(net, "no_sync") else nullcontext()
         with ctx, torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             out = net(ids, mask, labels, feats, **music)
             ce = out["ce_sum"] / counts[0].clamp(min=1)
             mse = out["mse_sum"] / counts[1].clamp(min=1)
-            # DDP averages gradients over ranks; the sums are global, so undo the mean
-            scaler.scale((ce + mse) * world).backward()
+            # DDP and FSDP average gradients over ranks; the sums are global: undo the mean
+            scaler.scale((ce + mse) * (world * loss_factor)).backward()
         totals += torch.stack([ce.detach().double(), mse.detach().double()])
     totals = _all_sum(totals, world)
     return float(totals[0]), float(totals[1])
+
+
+def _fill(model, feats: dict, music: dict, counts: torch.Tensor, b: int) -> None:
+    """Zero features (present: False) for modalities some rank has and this micro-batch
+    lacks; an empty music batch (M=0) when some rank has music and this one has none."""
+    for j, m in enumerate(MODALITIES):
+        if counts[3 + j] > 0 and m not in feats:
+            feats[m] = (torch.zeros(b, *model.feature_shape(m), device=model.device,
+                                    dtype=model.dtype),
+                        torch.zeros(b, dtype=torch.bool, device=model.device))
+    if counts[2] > 0 and not music:
+        c, dev = model.config, model.device
+        shape = (0, c.projector_tokens, c.projector_dim)
+        music.update(music_rows=torch.zeros(0, dtype=torch.long, device=dev),
+                     music_positions=torch.zeros(0, len(model.llm.audio_token_ids),
+                                                 dtype=torch.long, device=dev),
+                     music_target=torch.zeros(shape, device=dev),
+                     music_mask=torch.zeros(shape, dtype=torch.bool, device=dev))
 
 
 def _progress(cfg: TrainConfig, step: int, rank: int):

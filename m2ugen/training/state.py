@@ -42,7 +42,8 @@ from m2ugen.checkpoint import (
 from m2ugen.errors import ConfigError
 from m2ugen.safe_load import load_weights_only
 
-__all__ = ["STATE_DIR", "MetricsLog", "find_state", "load_trainer_state", "save_checkpoint"]
+__all__ = ["STATE_DIR", "MetricsLog", "SavedState", "find_state", "load_trainer_state",
+           "read_trainer_state", "restore_trainer_state", "save_checkpoint"]
 
 _STEP = re.compile(r"^step-(\d+)$")
 _FILES = (TRAINED_NAME, "state.pt", "state.json")  # one state, in every layout
@@ -59,23 +60,32 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def save_checkpoint(model, out: Path, optim, sched, scaler, step: int, epoch: int,
-                    batch: int, rank: int, world: int, cfg) -> None:
-    """Commit trainer_state/step-N, then write the model directory files (rank 0)."""
+                    batch: int, rank: int, world: int, cfg,
+                    trained: dict[str, torch.Tensor] | None = None,
+                    optim_state: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Commit trainer_state/step-N, then write the model directory files (rank 0).
+
+    `trained` and `optim_state` are the full trained tensors and optimizer state when the
+    caller gathered them from shards (FSDP); by default the model's and optimizer's own.
+    `extra` goes into state.json (strategy, skipped fp16 steps)."""
     rngs = [_rng_state(model.device)]
     if world > 1:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, rngs[0])
         rngs = gathered
     if rank == 0:
+        trained = model.trained_parameters() if trained is None else trained
         out.mkdir(parents=True, exist_ok=True)
-        write_state(out, step, model.trained_parameters(),
-                    {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rngs},
+        write_state(out, step, trained,
+                    {"optimizer": optim.state_dict() if optim_state is None else optim_state,
+                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                     "rng": rngs},
                     {"step": step, "epoch": epoch, "batch": batch, "world": world,
-                     "config": cfg.to_dict()})
+                     **(extra or {}), "config": cfg.to_dict()})
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.save_dtype]
         model.write_model_files(out, metadata={"step": str(step), "stage": str(cfg.stage)},
-                                dtype=dtype)
+                                dtype=dtype, tensors=trained)
     if world > 1:
         dist.barrier()
 
@@ -161,6 +171,23 @@ def load_trainer_state(out: Path, optim, sched, scaler, rank: int,
     The files are read and checked first; a damaged, malicious or foreign one is a
     one-line ConfigError naming it (and the tensor, for tensors).
     """
+    saved = read_trainer_state(out)
+    model.load_trained(saved.tensors, str(saved.weights))
+    return restore_trainer_state(saved, optim, sched, scaler, rank, device)
+
+
+class SavedState:
+    """A checked trainer state: `meta` (state.json), `tensors` (the trained tensors),
+    `state` (optimizer, scheduler, scaler, RNG) and the files they came from."""
+
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                 state: dict[str, Any], weights: Path, pt: Path) -> None:
+        self.meta, self.tensors, self.state, self.weights, self.pt = (meta, tensors, state,
+                                                                      weights, pt)
+
+
+def read_trainer_state(out: Path) -> SavedState:
+    """Read and check the newest state of `out` (one-line ConfigError naming a bad file)."""
     state_dir = find_state(out)
     meta = _read_meta(state_dir / "state.json")
     weights = state_dir / TRAINED_NAME
@@ -172,9 +199,16 @@ def load_trainer_state(out: Path, optim, sched, scaler, rank: int,
     state = load_weights_only(pt)  # tensors and plain data only: a pickle runs nothing
     if not isinstance(state, dict) or any(k not in state for k in _PT_KEYS):
         raise ConfigError(f"{pt}: not a trainer state (needs {', '.join(_PT_KEYS)}); {_FIX}")
-    model.load_trained(tensors, str(weights))
+    return SavedState(meta, tensors, state, weights, pt)
+
+
+def restore_trainer_state(saved: SavedState, optim, sched, scaler, rank: int,
+                          device: torch.device, load_optimizer=None) -> tuple[int, int, int]:
+    """Optimizer (through `load_optimizer(state)` when given: FSDP's), scheduler, scaler
+    and RNG from a checked state; returns (step, epoch, batch)."""
+    state, meta, pt = saved.state, saved.meta, saved.pt
     try:
-        optim.load_state_dict(state["optimizer"])
+        (load_optimizer or optim.load_state_dict)(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]

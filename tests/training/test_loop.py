@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -246,9 +248,33 @@ def test_the_logged_loss_is_the_cross_entropy_per_supervised_token(spec, tiny_di
     assert logged["loss"] == pytest.approx(logged["ce"] + logged["mse"])
 
 
-def test_fp16_on_the_cpu_is_refused_before_anything_loads(spec, tmp_path):
-    """fp16 autocast needs a CUDA GPU (a gradient scaler on CPU is not implemented): one
-    line saying what to use instead, before the model is read (it does not exist here)."""
-    cfg = _cfg(spec, tmp_path / "run", tmp_path / "no-model", precision="fp16", device="cpu")
-    with pytest.raises(M2UGenError, match="precision=fp16 needs a CUDA GPU; use bf16 or fp32"):
-        train(cfg, resume=False)
+def test_fp16_with_a_gradient_scaler_skips_an_overflow_and_resumes_its_scale(spec, tiny_dir,
+                                                                          tmp_path, caplog):
+    """precision=fp16 (the V100 recipe) on the CPU: stage 2 trains with finite losses; a
+    step whose backward overflows (the loss times inf before backward, at steps 1 and 3)
+    is skipped by the scaler, which halves the scale, and counted; the scale and the count
+    are saved and a resumed run goes on from them (a fresh scaler would start at 65536)."""
+    kw = dict(stage=2, init_trained="keep", max_steps=3, warmup_steps=1, precision="fp16",
+              save_every=100)
+    caplog.set_level(logging.INFO, logger="m2ugen")
+    out = tmp_path / "run"
+    before = load_file(str(tiny_dir / TRAINED_NAME))
+    train(_cfg(spec, out, tiny_dir, stop_after=2, **kw), overflow_steps={1, 3})
+    assert "precision fp16 (precision=fp16): fp16 autocast + gradient scaler" in caplog.text
+    assert "step 1: fp16 gradients overflowed" in caplog.text
+    state_dir = out / "trainer_state" / "step-000000002"
+    scale = torch.load(state_dir / "state.pt", weights_only=True)["scaler"]["scale"]
+    skipped = json.loads((state_dir / "state.json").read_text())["skipped_steps"]
+    assert scale <= 65536 / 2 and skipped >= 1
+    # the projector trained in step 2 (step 1 was skipped: nothing moved then)
+    after = load_file(str(state_dir / TRAINED_NAME))
+    assert not torch.equal(before["projector.out.weight"], after["projector.out.weight"])
+    train(_cfg(spec, out, tiny_dir, **kw), resume=True, overflow_steps={1, 3})
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in rows) and all(r["mse"] > 0 for r in rows)
+    assert rows[0]["skipped"] and rows[0]["loss_scale"] == 65536 / 2
+    assert rows[2]["skipped"] and rows[2]["grad_norm"] is None
+    assert rows[2]["loss_scale"] == scale / 2  # from the saved scale, not a fresh one
+    assert rows[2]["skipped_steps"] == skipped + 1
+    assert "step 3: fp16 gradients overflowed" in caplog.text

@@ -1,0 +1,148 @@
+"""How the ranks share the model: `strategy: ddp` (every rank holds all of it; DDP averages
+the gradients) or `strategy: fsdp` (FSDP2, `torch.distributed.fsdp.fully_shard`: each LLM
+layer and the rest of the model are sharded over the ranks — frozen base weights, trained
+tensors, their gradients and optimizer state — and all-gathered layer by layer for
+compute). The frozen encoders are never sharded (they run outside the model's forward,
+under no_grad) and the decoder is no submodule.
+
+Checkpoints are the same under both: the trained tensors are gathered into full tensors
+for `adapter.safetensors` and `trainer_state/`. FSDP's optimizer state is saved gathered
+and keyed by parameter name (`get_optimizer_state_dict(full_state_dict=True)`), so a run
+resumes on any number of ranks; one process with `strategy: fsdp` trains unsharded and
+keeps that format.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from m2ugen.errors import ConfigError
+from m2ugen.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+_FULL = {"full_state_dict": True, "cpu_offload": True}
+
+
+def check_hardware(cfg: TrainConfig, device: torch.device) -> None:
+    """One line, before anything loads, for an option this machine cannot run."""
+    if cfg.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise ConfigError(f"optimizer=adamw8bit (bitsandbytes) runs on CUDA GPUs only; "
+                              f"this run is on {device.type}: use optimizer=adamw")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("optimizer=adamw8bit needs bitsandbytes: pip install "
+                              f"bitsandbytes (import failed: {e}); or use optimizer=adamw") from e
+    if cfg.cpu_offload and device.type != "cuda":
+        raise ConfigError(f"cpu_offload=true moves FSDP's shards from the GPU to host memory; "
+                          f"this run is on {device.type} already: drop cpu_offload")
+
+
+def wrap(model: nn.Module, cfg: TrainConfig, world: int, device: torch.device) -> nn.Module:
+    """The module the loop calls: the model itself (one process), DDP, or the model
+    sharded in place by fully_shard (strategy fsdp); optimizers are made after this."""
+    if world == 1:
+        if cfg.strategy == "fsdp":
+            log.info("strategy fsdp on one process: nothing to shard, the model trains whole "
+                     "(the checkpoint keeps FSDP's format: resume on N ranks works)")
+        return model
+    if cfg.strategy == "ddp":
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        frozen += [n for n, _ in model.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type ==
+                                       "cuda" else None, find_unused_parameters=True)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    offload = CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy()
+    for layer in model.llm.layers:  # one all-gather per layer: peak = one layer unsharded
+        fully_shard(layer, mesh=mesh, offload_policy=offload)
+    # the rest (adapters, projector, embeddings, head, prefix queries, gates) as one group;
+    # the encoders run outside forward and stay whole on every rank
+    fully_shard(model, mesh=mesh, offload_policy=offload,
+                ignored_params=set(model.encoders.parameters()))
+    log.info("strategy fsdp: %d LLM layers + the rest sharded over %d ranks%s",
+             len(model.llm.layers), world, " (CPU offload)" if cfg.cpu_offload else "")
+    return model
+
+
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW (or bitsandbytes' AdamW8bit), weight decay on matrices only."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def make_scaler(cfg: TrainConfig, autocast: torch.dtype | None, device: torch.device,
+                world: int) -> torch.amp.GradScaler:
+    """fp16's gradient scaler (disabled otherwise). Sharded gradients need every rank to
+    agree on an overflow: FSDP's scaler all-reduces what each rank found."""
+    enabled = autocast is torch.float16
+    if enabled and cfg.strategy == "fsdp" and world > 1:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def full_trained(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Clean name → full trained tensor. Sharded ones are all-gathered (a collective: every
+    rank calls this) and moved to the CPU one by one, so no rank holds them all on a GPU."""
+    out = {}
+    for name, p in model.trained_parameters().items():
+        t = p.detach()
+        if hasattr(t, "full_tensor"):  # a DTensor shard
+            t = t.full_tensor().cpu()
+        out[name] = t
+    return out
+
+
+def optimizer_state(model: nn.Module, optim: torch.optim.Optimizer,
+                    cfg: TrainConfig) -> dict[str, Any]:
+    """What trainer_state saves: DDP's own state dict, or FSDP's gathered one keyed by
+    parameter name (every rank calls this; rank 0 gets the whole)."""
+    if cfg.strategy != "fsdp":
+        return optim.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optim, options=StateDictOptions(**_FULL))
+
+
+def load_optimizer_state(model: nn.Module, optim: torch.optim.Optimizer, state: dict[str, Any],
+                         cfg: TrainConfig) -> None:
+    if cfg.strategy != "fsdp":
+        optim.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optim, state, options=StateDictOptions(
+        full_state_dict=True))
+
+
+def as_float(t: torch.Tensor | None) -> float | None:
+    """A (possibly sharded) 0-dim tensor as a float: clip_grad_norm_ returns a DTensor
+    under FSDP."""
+    if t is None:
+        return None
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return float(t)
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
