@@ -122,6 +122,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run a training stage (alone or under torchrun)")
     p.add_argument("--config", required=True, help="configs/stage1.yaml, stage2 or stage3")
     p.add_argument("--resume", action="store_true", help="continue the run in out=")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load nothing: print the estimated memory per GPU for this config "
+                        "(weights, trained tensors, gradients, optimizer, activations)")
+    p.add_argument("--gpus", type=int, default=1, help="with --dry-run: GPUs (ranks)")
+    p.add_argument("--card", help="with --dry-run: GPU memory, e.g. 24GB; says whether it "
+                                  "fits and which setting would")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override settings")
     p.set_defaults(func=cmd_train)
 

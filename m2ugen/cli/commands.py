@@ -40,6 +40,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from m2ugen.training.loop import train
 
     cfg = load_train_config(args.config, args.overrides)
+    if args.dry_run:
+        from m2ugen.training.memory import parse_card, report
+
+        gpus = check_number(args.gpus, "--gpus", integer=True, minimum=1, maximum=65536)
+        text, _ = report(cfg, gpus, parse_card(args.card) if args.card else None)
+        print(text)
+        return 0
     args.written = cfg.out  # named by a write error that names no file
     out = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -129,8 +129,10 @@ def load_optimizer_state(model: nn.Module, optim: torch.optim.Optimizer, state: 
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    # strict=False: a tensor no batch has reached yet (the projector in stage 1) has no
+    # state, as in torch's own optimizer state dicts
     set_optimizer_state_dict(model, optim, state, options=StateDictOptions(
-        full_state_dict=True))
+        full_state_dict=True, strict=False))
 
 
 def as_float(t: torch.Tensor | None) -> float | None:
