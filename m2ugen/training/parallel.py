@@ -7,7 +7,7 @@ under no_grad) and the decoder is no submodule.
 
 Checkpoints are the same under both: the trained tensors are gathered into full tensors
 for `adapter.safetensors` and `trainer_state/`. FSDP's optimizer state is saved gathered
-and keyed by parameter name (`get_optimizer_state_dict(full_state_dict=True)`), so a run
+and keyed by parameter name (`optimizer_state`), so a run
 resumes on any number of ranks; one process with `strategy: fsdp` trains unsharded and
 keeps that format.
 """
@@ -26,8 +26,6 @@ from m2ugen.errors import ConfigError
 from m2ugen.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-_FULL = {"full_state_dict": True, "cpu_offload": True}
 
 
 def check_hardware(cfg: TrainConfig, device: torch.device) -> None:
@@ -113,26 +111,68 @@ def full_trained(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def optimizer_state(model: nn.Module, optim: torch.optim.Optimizer,
                     cfg: TrainConfig) -> dict[str, Any]:
-    """What trainer_state saves: DDP's own state dict, or FSDP's gathered one keyed by
-    parameter name (every rank calls this; rank 0 gets the whole)."""
+    """What trainer_state saves: DDP's own optimizer state dict, or under FSDP the state
+    of each parameter gathered whole and keyed by its name, which any number of ranks can
+    load (every rank calls this: the gathers are collectives). Written here rather than
+    with torch.distributed.checkpoint's get/set_optimizer_state_dict: loading through
+    those first runs a zero-gradient step that starts every tensor's Adam step count,
+    those no batch had reached too, and the resumed run drifts from the uninterrupted."""
     if cfg.strategy != "fsdp":
         return optim.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    names = {id(p): n for n, p in model.named_parameters()}
+    state = {}
+    for group in optim.param_groups:
+        for p in group["params"]:
+            if optim.state.get(p):
+                state[names[id(p)]] = {k: _whole(v) for k, v in optim.state[p].items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"},
+               "params": [names[id(p)] for p in g["params"]]} for g in optim.param_groups]
+    return {"by_name": state, "param_groups": groups}
 
-    return get_optimizer_state_dict(model, optim, options=StateDictOptions(**_FULL))
+
+def _whole(v: Any) -> Any:
+    if not isinstance(v, torch.Tensor):
+        return v
+    return (v.full_tensor() if hasattr(v, "full_tensor") else v.detach()).cpu().clone()
 
 
 def load_optimizer_state(model: nn.Module, optim: torch.optim.Optimizer, state: dict[str, Any],
                          cfg: TrainConfig) -> None:
+    """The inverse of `optimizer_state`: each rank keeps its shard of the whole tensors."""
     if cfg.strategy != "fsdp":
         optim.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if "by_name" not in state or len(state["param_groups"]) != len(optim.param_groups):
+        raise ValueError("not an FSDP optimizer state of this run's parameter groups")
+    by_name = dict(model.named_parameters())
+    for group, saved in zip(optim.param_groups, state["param_groups"], strict=True):
+        if len(saved["params"]) != len(group["params"]) or not all(
+                by_name.get(n) is p for n, p in zip(saved["params"], group["params"],
+                                                    strict=False)):
+            raise ValueError("the trained tensors differ from the saved run's")
+        group.update({k: v for k, v in saved.items() if k != "params"})
+    for name, values in state["by_name"].items():
+        p = by_name[name]
+        optim.state[p] = {k: _like(p, v) for k, v in values.items()}
 
-    # strict=False: a tensor no batch has reached yet (the projector in stage 1) has no
-    # state, as in torch's own optimizer state dicts
-    set_optimizer_state_dict(model, optim, state, options=StateDictOptions(
-        full_state_dict=True, strict=False))
+
+def _like(p: torch.Tensor, v: Any) -> Any:
+    """A saved whole state tensor as `p` holds it: its shard (same mesh and placement),
+    or on its device; scalars (Adam's step) stay as saved."""
+    if not isinstance(v, torch.Tensor) or v.shape != p.shape:
+        return v
+    if hasattr(p, "device_mesh"):
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        # src_data_rank=None: every rank read the whole file, so no rank sends anything
+        d = distribute_tensor(v.to(p.device_mesh.device_type), p.device_mesh, p.placements,
+                              src_data_rank=None)
+        local = p.to_local()
+        if d.to_local().device != local.device:  # cpu_offload: shards live in host RAM
+            d = DTensor.from_local(d.to_local().to(local.device), p.device_mesh, p.placements,
+                                   run_check=False, shape=p.shape, stride=p.stride())
+        return d
+    return v.to(p.device)
 
 
 def as_float(t: torch.Tensor | None) -> float | None:
