@@ -246,3 +246,23 @@ def test_decoders_render_in_half_precision(kind, dtype, tiny_model, tiny_audiold
     wave = dec.generate(_cond(model).to(dtype), seconds=0.1, guidance=3.0, seed=0, steps=2)
     assert wave.dtype == np.float32 and wave.shape == (1, int(0.1 * dec.sample_rate))
     assert np.isfinite(wave).all() and np.abs(wave).max() > 1e-4
+
+
+def test_audioldm2_concurrent_renders_share_no_sampler_state(tiny_audioldm2_model):
+    """Two requests at once (the app's --concurrency) with different samplers and steps
+    render exactly what each renders alone: no scheduler state is shared between calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dec = tiny_audioldm2_model.decoder
+    jobs = [("dpm++", 4), ("ddim", 3), ("dpm++", 2), ("ddim", 5)]
+
+    def render(job):
+        scheduler, steps = job
+        return dec.generate_from_text(["A calm piano piece."], 0.2, 3.0, 1, steps=steps,
+                                      scheduler=scheduler)
+
+    alone = [render(j) for j in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(render, jobs))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
