@@ -123,6 +123,9 @@ class TrainConfig:
             raise ConfigError(f"{name('strategy')} {self.strategy!r}: use ddp or fsdp")
         if self.optimizer not in ("adamw", "adamw8bit"):
             raise ConfigError(f"{name('optimizer')} {self.optimizer!r}: use adamw or adamw8bit")
+        if self.cpu_offload and self.optimizer == "adamw8bit":
+            raise ConfigError(f"{name('cpu_offload')}: the 8-bit optimizer steps on the GPU, "
+                              "CPU offload steps on the CPU; choose one")
         if self.cpu_offload and self.strategy != "fsdp":
             raise ConfigError(f"{name('cpu_offload')}: CPU offload is an FSDP option; add "
                               "strategy=fsdp or drop cpu_offload")
