@@ -65,9 +65,10 @@ def test_the_small_build_is_a_working_assistant(suite, tiny_dir):
     ids, _ = build_prompt_ids(model.tokenizer, model.config.prompt_template, [],
                               "Describe this", 512)
     prompts = model.media_prompts(1)
-    dynamic, rate = suite.decode(model, ids, prompts, 6)
-    static, _ = suite.decode(model, ids, prompts, 6, cache="static")
-    assert len(dynamic) == 6 and static == dynamic and rate > 0
+    runs = suite.decode(model, ids, prompts, 6, 2, dynamic={}, static={"cache": "static"},
+                        none={"use_cache": False})
+    assert len(runs["dynamic"][0]) == 6 and runs["dynamic"][1] > 0
+    assert runs["static"][0] == runs["none"][0] == runs["dynamic"][0]
     media = suite.media_inputs(model, seconds=1.0)
     assert set(media) == {"none", "music (10 s)", "image", "video"}
     assert suite.first_token(model, ids, media["image"]) > 0
