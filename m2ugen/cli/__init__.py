@@ -283,6 +283,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="results.json (every reply) and table.md (default eval_results/synth)")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     s.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+    _add_dtype(s)
     s.set_defaults(func=cmd_eval_synth)
     r = tasks.add_parser("report", help="one Markdown table (and plot) comparing result folders")
     r.add_argument("results", nargs="+", type=Path, metavar="DIR",

@@ -21,9 +21,10 @@ def cmd_eval_synth(args: argparse.Namespace) -> int:
                           "write one with `m2ugen synth-data DIR --seed N`")
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"{args.out}: is a file; --out takes a directory")
-    model = M2UGen.from_pretrained(args.model, device=args.device,
+    model = M2UGen.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                    trust_remote_code=args.trust_remote_code)
     results = evaluate_synth(model, data=args.data, seed=args.seed, n=n, label=args.model)
+    results["dtype"] = str(model.dtype).removeprefix("torch.")
     write_results(results, args.out)
     print(format_table(results))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'table.md'}")

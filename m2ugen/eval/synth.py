@@ -275,7 +275,8 @@ def evaluate_synth(model, data: str | Path | None = None, seed: int = 1, n: int 
 
 def format_table(results: dict[str, Any]) -> str:
     """The Markdown table of `evaluate_synth`'s results."""
-    lines = [f"synth eval · {results['model']} · held-out seed {results['seed']}", "",
+    dtype = f" · {results['dtype']}" if "dtype" in results else ""
+    lines = [f"synth eval · {results['model']} · held-out seed {results['seed']}{dtype}", "",
              "| input | attribute | question | items | chance | true | none | shuffled |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results["attributes"].values():
