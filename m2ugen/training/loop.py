@@ -2,6 +2,7 @@
 
     m2ugen train --config configs/stage1.yaml [key=value ...] [--resume]
     torchrun --nproc_per_node N -m m2ugen.cli train --config ...   (DDP; NCCL/gloo)
+    ... strategy=fsdp precision=fp16 grad_accum=N       (FSDP2; fp16 + gradient scaler)
 
 Loss = CE on response tokens + MSE(projector, 10 × decoder target) for music responses,
 each normalised by its global count (all ranks, all accumulation micro-batches), so an
@@ -14,6 +15,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Collection
 from contextlib import nullcontext
 from functools import partial
@@ -161,7 +163,7 @@ def train(cfg: TrainConfig, resume: bool = False, *,
                           "choose another out= (the model to start from goes in model=)")
     world, rank, local = _dist_setup()
     device = train_device(cfg, local)
-    check_hardware(cfg, device)
+    check_hardware(cfg, device, world)
     saved = read_trainer_state(out) if resume else None  # a bad state costs no model load
     if saved is not None and saved.meta.get("strategy", "ddp") != cfg.strategy:
         raise ConfigError(f"{saved.pt.parent}: saved with strategy="
@@ -226,7 +228,10 @@ def train(cfg: TrainConfig, resume: bool = False, *,
                             scale, scaler.get_scale(), skipped_total)
         optim.zero_grad(set_to_none=True)
         lr = sched.get_last_lr()[0]
-        sched.step()
+        with warnings.catch_warnings():
+            if skipped:  # torch warns when the first optimizer step was skipped: logged above
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            sched.step()
         step += 1
         ep, k, _ = micro[-1]
         epoch, batch_pos = (ep, k + 1) if k + 1 < len(sampler) else (ep + 1, 0)

@@ -28,7 +28,7 @@ from m2ugen.training.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def check_hardware(cfg: TrainConfig, device: torch.device) -> None:
+def check_hardware(cfg: TrainConfig, device: torch.device, world: int = 1) -> None:
     """One line, before anything loads, for an option this machine cannot run."""
     if cfg.optimizer == "adamw8bit":
         if device.type != "cuda":
@@ -42,6 +42,10 @@ def check_hardware(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.cpu_offload and device.type != "cuda":
         raise ConfigError(f"cpu_offload=true moves FSDP's shards from the GPU to host memory; "
                           f"this run is on {device.type} already: drop cpu_offload")
+    if cfg.cpu_offload and world == 1:
+        raise ConfigError("cpu_offload=true offloads FSDP's shards; one process trains "
+                          "unsharded: launch 2 or more ranks (NPROC=2 ./train_stageN.sh) or "
+                          "drop cpu_offload")
 
 
 def wrap(model: nn.Module, cfg: TrainConfig, world: int, device: torch.device) -> nn.Module:
