@@ -289,9 +289,10 @@ def report(cfg: TrainConfig, gpus: int = 1, card: int | None = None) -> tuple[st
         music = cfg.stage != 1  # stages 2 and 3 answer with music
     arch = architecture(cfg, music)
     plan = estimate(arch, cfg, gpus, card)
-    g = lambda n: f"{n / GiB:8.2f} GiB"  # noqa: E731
+    unit, size = ("GiB", GiB) if sum(plan.parts.values()) >= GiB / 2 else ("MiB", 2 ** 20)
+    g = lambda n: f"{n / size:8.2f} {unit}"  # noqa: E731
     lines = [f"stage {cfg.stage}, model {cfg.model}: {arch.trainable / 1e6:.1f} M trainable "
-             f"of {arch.trained / 1e6:.1f} M trained tensors, LLM {arch.frozen_llm / 1e6:.0f} M "
+             f"of {arch.trained / 1e6:.1f} M trained tensors, LLM {arch.frozen_llm / 1e6:.1f} M "
              f"frozen; batch {cfg.batch_size} × max_len {cfg.max_len}; {gpus} GPU(s), "
              f"strategy {cfg.strategy}",
              *(f"  note: {n}" for n in arch.notes),
