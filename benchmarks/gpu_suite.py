@@ -31,6 +31,7 @@ import os
 import resource
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -414,26 +415,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = model.media_prompts(1)
     tps: dict[str, float] = {}
     agree: dict[str, int] = {}
-    kinds: dict[str, dict[str, Any]] = {"eager, KV cache": {},
-                                        "eager, no cache (published)": {"use_cache": False}}
-    if not args.no_compile:
-        kinds["static cache + compile"] = {"cache": "static", "compile": True}
-    runs = decode(model, ids, prompts, n_new, repeat, **kinds)
-    ref = runs["eager, KV cache"][0]
-    for name, (toks, rate) in runs.items():
+    res["tokens_per_s"], res["agree_with_eager_cache"] = tps, agree
+    res["ttft_s"], res["render_s"], res["gpu_peak_gib"] = {}, {}, {}
+    failed = res.setdefault("failed", {})
+
+    def attempt(name: str, fn: Callable[[], Any]) -> Any:
+        """One measurement; a failure is printed with its traceback and recorded (in the
+        table and the JSON), and the suite goes on: one GPU run reports all that works."""
+        try:
+            return fn()
+        except Exception as e:  # reported, never dropped
+            traceback.print_exc()
+            failed[name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            return None
+
+    def measure_decoding(kinds: dict[str, dict[str, Any]], ref: list[int] | None) -> None:
+        for name, (toks, rate) in decode(model, ids, prompts, n_new, repeat, **kinds).items():
+            tps[name] = rate
+            if ref is not None:
+                agree[name] = sum(a == b for a, b in zip(toks, ref, strict=True))
+
+    eager = decode(model, ids, prompts, n_new, repeat, **{
+        "eager, KV cache": {}, "eager, no cache (published)": {"use_cache": False}})
+    ref = eager["eager, KV cache"][0]
+    for name, (_, rate) in eager.items():
         tps[name] = rate
-        if name != "eager, KV cache":
-            agree[name] = sum(a == b for a, b in zip(toks, ref, strict=True))
-    res["ttft_s"] = {name: first_token(model, ids, media, repeat)
-                     for name, media in media_inputs(model).items()}
-    res["render_s"] = {"musicgen-small": render(model.decoder, device, dtype, seconds, repeat)}
-    # one chat reply + its music: the whole assistant's peak
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    decode(model, ids, model.media_prompts(1, **media_inputs(model)["image"]), 32,
-           reply={})
-    render(model.decoder, device, dtype, seconds)
-    res["gpu_peak_gib"] = {"bf16" if dtype == torch.bfloat16 else str(dtype): gpu_gib(device)}
+    agree["eager, no cache (published)"] = sum(
+        a == b for a, b in zip(eager["eager, no cache (published)"][0], ref, strict=True))
+    compiled = {"cache": "static", "compile": True}
+    if not args.no_compile:
+        attempt("static cache + compile", lambda: measure_decoding(
+            {"static cache + compile": compiled}, ref))
+    for name, media in media_inputs(model).items():
+        res["ttft_s"][name] = attempt(f"first token, {name}",
+                                      lambda media=media: first_token(model, ids, media, repeat))
+    res["render_s"]["musicgen-small"] = attempt("render musicgen-small", lambda: render(
+        model.decoder, device, dtype, seconds, repeat))
+
+    def whole_assistant() -> float | None:
+        """Peak memory of one image reply + its music."""
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        decode(model, ids, model.media_prompts(1, **media_inputs(model)["image"]), 32,
+               reply={})
+        render(model.decoder, device, dtype, seconds)
+        return gpu_gib(device)
+
+    res["gpu_peak_gib"]["bf16" if dtype == torch.bfloat16 else str(dtype)] = attempt(
+        "peak memory", whole_assistant)
     for mode in ("int8", "int4"):
         key = f"{mode} LLM" + ("" if args.no_compile else " + compile")
         try:
@@ -447,31 +476,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             model = build_assistant(cfgs, tiny, small, device, dtype)
-        quantize_llm(model.llm, mode)
+        if attempt(f"quantize {mode}",
+                   lambda m=model, mode=mode: quantize_llm(m.llm, mode)) is None:
+            continue
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        kw = {} if args.no_compile else {"cache": "static", "compile": True}
-        toks, tps[key] = decode(model, ids, prompts, n_new, repeat, q=kw)["q"]
-        agree[key] = sum(a == b for a, b in zip(toks, ref, strict=True))
-        render(model.decoder, device, dtype, seconds)
-        res["gpu_peak_gib"][key] = gpu_gib(device)
-    res["tokens_per_s"], res["agree_with_eager_cache"] = tps, agree
+        kw = {} if args.no_compile else compiled
+        attempt(key, lambda key=key, kw=kw: measure_decoding({key: kw}, ref))
+        res["gpu_peak_gib"][key] = attempt(f"peak memory, {key}", whole_assistant)
     decoder = model.decoder
     model._decoder = None  # the other decoders replace it, one at a time
     del decoder
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    med = build_musicgen(cfgs["musicgen-medium"], tiny, device, dtype)
-    res["render_s"]["musicgen-medium"] = render(med, device, dtype, seconds, repeat)
-    del med
-    aldm = build_audioldm2(cfgs["audioldm2"], tiny_aldm, device, dtype)
-    res["render_s"]["audioldm2, fast default"] = render(aldm, device, dtype, seconds, repeat)
-    ddim = 50 if small else 200  # the published 200 steps cost minutes on a CPU
-    res["render_s"][f"audioldm2, ddim {ddim}" + ("" if small else " (published)")] = render(
-        aldm, device, dtype, seconds, min(repeat, 2), scheduler="ddim", steps=ddim)
+    res["render_s"]["musicgen-medium"] = attempt("render musicgen-medium", lambda: render(
+        build_musicgen(cfgs["musicgen-medium"], tiny, device, dtype), device, dtype, seconds,
+        repeat))
+    gc.collect()
+    aldm = attempt("build audioldm2", lambda: build_audioldm2(cfgs["audioldm2"], tiny_aldm,
+                                                              device, dtype))
+    if aldm is not None:
+        res["render_s"]["audioldm2, fast default"] = attempt(
+            "render audioldm2", lambda: render(aldm, device, dtype, seconds, repeat))
+        ddim = 50 if small else 200  # the published 200 steps cost minutes on a CPU
+        name = f"audioldm2, ddim {ddim}" + ("" if small else " (published)")
+        res["render_s"][name] = attempt(f"render {name}", lambda: render(
+            aldm, device, dtype, seconds, min(repeat, 2), scheduler="ddim", steps=ddim))
     report(res)
     if args.out:
         args.out.write_text(json.dumps(res, indent=2))
@@ -493,16 +525,22 @@ def report(res: dict[str, Any]) -> None:
         print(f"| {name} | {v:.1f} | {v / base:.2f} | {v / none:.1f} | {agreed} |")
     print("\n| first token with | seconds |\n|---|---:|")
     for name, v in res["ttft_s"].items():
-        print(f"| {name} | {v:.3f} |")
+        print(f"| {name} | {'failed' if v is None else f'{v:.3f}'} |")
     print(f"\n| render {res['music_seconds']:g} s of music | seconds | real-time factor |")
     print("|---|---:|---:|")
     for name, v in res["render_s"].items():
-        print(f"| {name} | {v:.2f} | {res['music_seconds'] / v:.2f} |")
+        if v is None:
+            print(f"| {name} | failed | |")
+        else:
+            print(f"| {name} | {v:.2f} | {res['music_seconds'] / v:.2f} |")
     print("\n| peak GPU memory | GiB |\n|---|---:|")
+    cpu = res["gpu"] is None
     for name, v in res["gpu_peak_gib"].items():
-        print(f"| {name} | {'n/a (CPU)' if v is None else f'{v:.2f}'} |")
+        print(f"| {name} | {'n/a (CPU)' if cpu else 'failed' if v is None else f'{v:.2f}'} |")
     for name, why in res.get("skipped", {}).items():
         print(f"skipped {name}: {why}")
+    for name, why in res.get("failed", {}).items():
+        print(f"FAILED {name}: {why}")
 
 
 if __name__ == "__main__":
