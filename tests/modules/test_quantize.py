@@ -52,3 +52,29 @@ def test_modes_this_machine_cannot_run_are_one_line():
         check_quantize("int3", "cpu", None)
     check_quantize(None, "cpu", None)
     check_quantize("int8", "cpu", torch.float32)
+
+
+def test_chat_flag_quantizes_the_loaded_model_or_refuses_in_one_line(tiny_dir, capsys,
+                                                                      monkeypatch):
+    """`m2ugen chat --quantize int8` answers with an int8 LLM (the weights the reply came
+    from are int8); int4 on this CPU is one line before the model loads."""
+    import m2ugen.modules.quantize as quantize
+    from m2ugen.cli import main
+
+    quantized = []
+    real = quantize.quantize_llm
+
+    def spy(llm, mode):
+        n = real(llm, mode)
+        quantized.append(llm.layers[0].mlp.up_proj.get_base_layer().weight.qdata.dtype)
+        return n
+
+    monkeypatch.setattr(quantize, "quantize_llm", spy)
+    code = main(["chat", "--model", str(tiny_dir), "--quantize", "int8", "--music", "never",
+                 "--max-new-tokens", "6", "--temperature", "0", "--dtype", "fp32", "Hi"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.strip() and quantized == [torch.int8]
+    code = main(["chat", "--model", str(tiny_dir / "nowhere"), "--quantize", "int4", "Hi"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "int4 runs on CUDA GPUs only" in err
