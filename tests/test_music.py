@@ -135,3 +135,31 @@ def test_an_unknown_scheduler_is_one_line(capsys):
         main(["chat", "--scheduler", "pndm", "hi"])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--scheduler: invalid choice: 'pndm'" in err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("music", "sometimes", "music='sometimes': use one of auto, always, never"),
+    ("seconds", 0, "seconds must be a finite number > 0 and <= 300, got 0"),
+    ("steps", 0, "steps must be an integer >= 1 and <= 1000, got 0"),
+    ("num_candidates", 0, "num_candidates must be an integer >= 1 and <= 16, got 0"),
+    ("num_candidates", 17, "num_candidates must be an integer >= 1 and <= 16, got 17"),
+])
+def test_music_settings_name_the_bad_field(field, value, message):
+    """Each bad value is refused with the field's own name (the CLI and the app show it)."""
+    with pytest.raises(ChatError) as info:
+        MusicSettings(**{field: value}).validate()
+    assert str(info.value) == message
+
+
+def test_music_settings_bounds_that_hold():
+    s = MusicSettings(steps=1, num_candidates=16, seconds=0.5)
+    s.validate()
+    assert (s.steps, s.num_candidates) == (1, 16)
+
+
+def test_a_render_without_seed_draws_one(tiny_model):
+    session = ChatSession(tiny_model)
+    result = session.send("Hi", settings=GenerationSettings(max_new_tokens=2, temperature=0,
+                                                            seed=0))
+    music = session.render(result, MusicSettings(music="always", seconds=0.2))
+    assert isinstance(music.seed, int) and 0 <= music.seed < 2 ** 31
