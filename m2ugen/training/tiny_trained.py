@@ -111,6 +111,8 @@ class Recipe:
     pretrain_batch: int = 16
     pretrain_lr: float = 5e-3
     query_layers: int = 1
+    stage1_question_weights: dict[str, int] = field(
+        default_factory=lambda: {"audio": 1, "image": 2, "video": 3})
     lora_rank: int = 8
     adapter_blocks: int = 1
     projector_width: int = 64
@@ -141,8 +143,11 @@ def write_data(root: Path, recipe: Recipe) -> Path:
                n_videos=recipe.n_videos)
     write_qa(root)
     spec = yaml.safe_load(SPEC_TEMPLATE.format(seed=recipe.seed))
-    # the questions in stage 1 too, where the adapters train (see the module docstring)
-    spec["stage1"] = [*spec["stage1"], *QA_SPEC_ENTRIES]
+    # the questions in stage 1 too, where the adapters train (see the module docstring),
+    # weighted per kind of input (`Recipe.stage1_question_weights`)
+    spec["stage1"] = [*spec["stage1"], *(
+        {**e, "weight": w} if (w := recipe.stage1_question_weights[kind]) > 1 else e
+        for kind, e in zip(("audio", "image", "video"), QA_SPEC_ENTRIES, strict=True))]
     # stage 3 keeps stage 2's text-to-music requests (mucaps, weighted 4: 1200 of 7136
     # examples), or its LoRA forgets to end a caption request with [AUD]: emitted for 100 %
     # of held-out captions after stage 2, 35 % after a stage 3 without them, 0 % with them
