@@ -38,7 +38,7 @@ from m2ugen.presets.tiny_decoders import build_tiny_audioldm2, build_tiny_musicg
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = 1  # bump when the tiny recipe changes: stale ckpts/tiny dirs get rebuilt
+TINY_VERSION = 2  # bump when the tiny recipe changes: stale ckpts/tiny dirs get rebuilt
 
 _GENRES = ["jazz", "rock", "pop", "classical", "blues", "folk", "techno", "ambient", "funk",
            "reggae", "metal", "hip hop", "country", "soul", "disco", "lofi"]

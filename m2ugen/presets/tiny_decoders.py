@@ -32,6 +32,7 @@ MUSICGEN_CODEBOOK_SIZE = 64
 MUSICGEN_TEXT_DIM = 48
 MUSICGEN_HIDDEN = 32
 ENCODEC_CODEWORD_STD = 10.0  # decoded audio: std ≈ 0.06, code-dependent
+MUSICGEN_WINDOW_SECONDS = 1.0  # real MusicGen: 30 s; short, so long pieces cross many seams
 MUSICGEN_INIT = 0.2  # std of the decoder / enc_to_dec init: large enough that captions matter
 AUDIOLDM2_T5_DIM = 40
 AUDIOLDM2_GPT2_DIM = 24
@@ -168,6 +169,7 @@ def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0) -> None
         bos_token_id=MUSICGEN_CODEBOOK_SIZE, initializer_factor=MUSICGEN_INIT)
     config = MusicgenConfig(text_encoder=text_cfg, audio_encoder=audio_cfg, decoder=decoder_cfg,
                             initializer_factor=MUSICGEN_INIT)
+    config.window_seconds = MUSICGEN_WINDOW_SECONDS  # read by MusicGenDecoder.window_seconds
     model = MusicgenForConditionalGeneration(config).eval()
     _tune_encodec(model.audio_encoder, torch.Generator().manual_seed(seed + 1))
     start = MUSICGEN_CODEBOOK_SIZE

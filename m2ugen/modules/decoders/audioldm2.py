@@ -10,9 +10,15 @@ AudioLDM2 users take for < 1 s per 10 s clip on a GPU; `scheduler="ddim"` is the
 sampler (the checkpoint's own DDIM, 200 steps). Both are built per call from the
 checkpoint's scheduler config (its noise schedule), so concurrent calls never share a
 scheduler's state (timesteps, DPM-Solver's history of model outputs).
+
+Length: AudioLDM2 has no window and no continuation here; any `seconds` (up to music.py's
+MAX_SECONDS) is one pass over a longer latent. It was trained on 10 s clips
+(`TRAINED_SECONDS`), so longer pieces are rendered, with a warning, but may lose structure.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
@@ -31,6 +37,9 @@ from m2ugen.modules.decoders import (
 )
 
 NEGATIVE_PROMPT = "Low quality."
+TRAINED_SECONDS = 10.0  # AudioLDM2's training clips
+
+log = logging.getLogger(__name__)
 
 
 class AudioLDM2Decoder(MusicDecoder):
@@ -122,6 +131,10 @@ class AudioLDM2Decoder(MusicDecoder):
 
     def _run(self, seconds: float, guidance: float, seed: int, steps: int | None,
              scheduler: str | None, **conditioning) -> np.ndarray:
+        if seconds > TRAINED_SECONDS:
+            log.warning("AudioLDM2 renders %.0f s in one pass (no windowing; it was trained on "
+                        "%.0f s clips, so a long piece may lose structure)", seconds,
+                        TRAINED_SECONDS)
         pipe, steps = self.sampler(scheduler, steps)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         out = pipe(audio_length_in_s=seconds, num_inference_steps=steps,
