@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2ugen.cli.common import candidate_paths, check_attachment
 from m2ugen.errors import M2UGenError, check_seed
 
 log = logging.getLogger("m2ugen")
@@ -58,7 +59,6 @@ def _parse(where: str, text: str) -> dict[str, Any]:
 
 def _line(where: str, n: int, obj: dict[str, Any], base: Path, spec) -> BatchLine:
     from m2ugen.chat import check_utf8
-    from m2ugen.cli.chat import _check_attachment
     from m2ugen.config import MODALITIES
     from m2ugen.media import load_media
     from m2ugen.music import MUSIC_MODES
@@ -83,7 +83,7 @@ def _line(where: str, n: int, obj: dict[str, Any], base: Path, spec) -> BatchLin
         if not isinstance(value, str) or not value:
             raise M2UGenError(f"\"{modality}\" must be a file path (a string)")
         path = base / value
-        _check_attachment(str(path), modality)
+        check_attachment(str(path), modality)
         out.media[modality] = load_media(modality, path, spec)
         out.paths[modality] = value
     return out
@@ -150,7 +150,6 @@ def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
 
     from m2ugen.chat import ChatRequest, send_batch
     from m2ugen.checkpoint import atomic_write_text
-    from m2ugen.cli.chat import _candidate_paths
     from m2ugen.media import save_audio
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +166,7 @@ def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
                                           "text": result.text, "seed": result.seed}
                 if result.music is not None:
                     waves = result.music.waveforms
-                    paths = _candidate_paths(out_dir / f"reply-{i:04d}.wav", len(waves))
+                    paths = candidate_paths(out_dir / f"reply-{i:04d}.wav", len(waves))
                     for p, wave in zip(paths, waves, strict=True):
                         save_audio(p, wave, result.music.sample_rate)
                     record["wav"] = str(paths[0])

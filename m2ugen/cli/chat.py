@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from m2ugen.cli.common import flag_name
+from m2ugen.cli.common import candidate_paths, check_attachment, flag_name
 from m2ugen.errors import M2UGenError, check_device
 
 log = logging.getLogger("m2ugen")
@@ -22,20 +22,6 @@ log = logging.getLogger("m2ugen")
 _MAX_NAME = 255  # bytes in a file name on Linux, macOS and Windows file systems
 _HELP = ("commands: /audio PATH, /image PATH, /video PATH attach media; /reset clears the "
          "conversation; /quit leaves")
-
-
-def _check_attachment(path: str, flag: str) -> None:
-    """The file exists and its type fits the flag (audio may come in a video container)."""
-    from m2ugen.media import guess_modality
-
-    if Path(path).is_dir():
-        raise M2UGenError(f"{path}: is a directory (given to --{flag}); pass a file in it")
-    if not Path(path).is_file():
-        raise M2UGenError(f"{path}: file not found (given to --{flag})")
-    kind = guess_modality(path)
-    if kind != flag and not (flag == "audio" and kind == "video"):
-        raise M2UGenError(f"{path}: looks like {'an' if kind == 'image' else 'a'} {kind} file "
-                          f"but was given to --{flag}; attach it with --{kind}")
 
 
 def _load_attachments(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,7 +33,7 @@ def _load_attachments(args: argparse.Namespace) -> dict[str, Any]:
 
     paths = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
     for modality, path in paths.items():
-        _check_attachment(path, modality)
+        check_attachment(path, modality)
     if not paths:
         return {}
     spec = M2UGen.read_media_spec(args.model)
@@ -77,10 +63,6 @@ def _check_out(out: Path, writing: bool) -> None:
         raise M2UGenError(f"--out {out}: {parent} is not writable; choose another path")
 
 
-def _candidate_paths(out: Path, n: int) -> list[Path]:
-    return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(2, n + 1)]
-
-
 def _reply(session, message: str, media: dict, settings, music, out: Path) -> None:
     from m2ugen.media import save_audio
 
@@ -94,7 +76,7 @@ def _reply(session, message: str, media: dict, settings, music, out: Path) -> No
         if music.music == "auto":
             log.info("no music: the reply has no [AUD] tokens (use --music always to force)")
         return
-    paths = _candidate_paths(out, len(rendered.waveforms))
+    paths = candidate_paths(out, len(rendered.waveforms))
     for path, wave in zip(paths, rendered.waveforms, strict=True):
         save_audio(path, wave, rendered.sample_rate)
     used = ", ".join(result.inputs_used) or "text only"

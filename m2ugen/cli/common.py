@@ -7,7 +7,10 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import NoReturn
+
+from m2ugen.errors import M2UGenError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -21,6 +24,25 @@ class OneLineParser(argparse.ArgumentParser):
 def flag_name(field: str) -> str:
     """A settings field as the CLI spells it: max_new_tokens → --max-new-tokens."""
     return "--" + field.replace("_", "-")
+
+
+def check_attachment(path: str, flag: str) -> None:
+    """The file exists and its type fits the flag (audio may come in a video container)."""
+    from m2ugen.media import guess_modality
+
+    if Path(path).is_dir():
+        raise M2UGenError(f"{path}: is a directory (given to --{flag}); pass a file in it")
+    if not Path(path).is_file():
+        raise M2UGenError(f"{path}: file not found (given to --{flag})")
+    kind = guess_modality(path)
+    if kind != flag and not (flag == "audio" and kind == "video"):
+        raise M2UGenError(f"{path}: looks like {'an' if kind == 'image' else 'a'} {kind} file "
+                          f"but was given to --{flag}; attach it with --{kind}")
+
+
+def candidate_paths(out: Path, n: int) -> list[Path]:
+    """Where n rendered candidates go: OUT, then OUT-2, OUT-3 … beside it."""
+    return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(2, n + 1)]
 
 
 def setup_logging(verbose: bool) -> None:
