@@ -28,7 +28,7 @@ from m2ugen.generate import (
     generate_tokens,
 )
 from m2ugen.media import load_media
-from m2ugen.music import MusicResult, MusicSettings, render_music
+from m2ugen.music import Judge, MusicResult, MusicSettings, render_music
 
 __all__ = ["ChatRequest", "ChatResult", "ChatSession", "GenerationSettings", "ReplyStream",
            "check_utf8", "send_batch"]
@@ -63,6 +63,7 @@ class ChatResult:
     dropped_turns: int = 0
     music: MusicResult | None = None
     turn: int = 0  # this reply's number in its session (1 = the first reply)
+    message: str = ""  # the user's message it answers (what a judge ranks music against)
 
     @property
     def has_audio_tokens(self) -> bool:
@@ -102,11 +103,14 @@ class ChatSession:
     """A conversation with one model: history plus the media attached so far.
 
     Media attached in a turn stays in the conversation until replaced, so follow-up
-    questions about the same song still see it.
+    questions about the same song still see it. `judge` ranks music candidates for
+    `rerank` (e.g. `m2ugen.eval.judge.ClapJudge.load(hub_id)`); it may be set later.
     """
 
-    def __init__(self, model, max_context: int | None = None) -> None:
+    def __init__(self, model, max_context: int | None = None,
+                 judge: Judge | None = None) -> None:
         self.model = model
+        self.judge = judge
         limit = model.llm.hf_config.max_position_embeddings
         self.max_context = min(max_context or model.config.max_context, limit)
         self.history: list[Turn] = []
@@ -135,7 +139,7 @@ class ChatSession:
         self.history.append(Turn(instruction, raw.strip()))
         return ChatResult(text=reply.text, raw_text=raw.strip(), token_ids=reply.token_ids,
                           audio_hidden=reply.audio_hidden, inputs_used=inputs_used, seed=seed,
-                          dropped_turns=dropped, turn=self._turns)
+                          dropped_turns=dropped, turn=self._turns, message=instruction)
 
     def stream(self, message: str, *, audio: Any = None, image: Any = None, video: Any = None,
                settings: GenerationSettings | None = None, **options: Any) -> ReplyStream:
@@ -185,7 +189,8 @@ class ChatSession:
         if result.audio_hidden is None and settings.music == "auto":
             return None
         hidden = self.audio_states(result)
-        result.music = render_music(self.model, hidden, result.text, settings)
+        result.music = render_music(self.model, hidden, result.text, settings, self.judge,
+                                    result.message)
         return result.music
 
     def audio_states(self, result: ChatResult) -> torch.Tensor:
@@ -263,7 +268,7 @@ class ChatRequest:
 
 def send_batch(model, requests: Sequence[ChatRequest | str],
                settings: GenerationSettings | None = None, music: MusicSettings | None = None,
-               batch_size: int = 8) -> list[ChatResult]:
+               batch_size: int = 8, judge: Judge | None = None) -> list[ChatResult]:
     """Answer independent requests, the LLM generating `batch_size` replies at once (prompts
     padded on the left). Each result, its music included, is what a fresh
     `ChatSession(model).send(r.message, music, audio=r.audio, …, seed=r.seed)` returns
@@ -281,7 +286,7 @@ def send_batch(model, requests: Sequence[ChatRequest | str],
         chunk = reqs[start:start + batch_size]
         sessions, prepared = [], []
         for n, req in enumerate(chunk, start + 1):
-            session = ChatSession(model)
+            session = ChatSession(model, judge=judge)
             own = settings if req.seed is None else dataclasses.replace(settings, seed=req.seed)
             try:
                 own.validate()

@@ -4,13 +4,20 @@
 the music depends on everything the LLM understood (image, video, input music, the
 conversation). `condition="text"` prompts the decoder with the reply text instead — the
 published behaviour (ORIGINAL_M2UGEN.md §5.2), kept for comparison.
+
+Best of N: with `rerank="clap"` the `num_candidates` waveforms (one batched render) are
+scored by a judge against the request (or the reply text) and returned best first; the
+judge is passed in (`eval/judge.py` provides the CLAP one), as this module sits below the
+evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,6 +29,19 @@ MUSIC_MODES = ("auto", "always", "never")
 CONDITIONS = ("embedding", "text")
 MAX_SECONDS = 300.0
 MAX_GUIDANCE = 100.0  # published 3.5; far beyond ~20 the decoders only add artefacts
+RERANKERS = ("none", "clap")  # the judges best-of-N can use (`Judge.name`)
+RERANK_TEXTS = ("request", "reply")  # what the judge compares the music with
+
+
+class Judge(Protocol):
+    """A joint audio-text model that scores rendered candidates against a text."""
+
+    name: str  # the `rerank` value it serves
+    ref: str  # its hub id or directory
+
+    def score(self, text: str, waveforms: np.ndarray, sample_rate: int) -> np.ndarray:
+        """(candidates,) scores, higher = closer to `text`; waveforms as MusicResult's."""
+        ...
 
 
 @dataclass
@@ -36,6 +56,8 @@ class MusicSettings:
     scheduler: str = "dpm++"  # AudioLDM2 sampler: dpm++ or ddim (published); MusicGen: none
     seed: int | None = None
     num_candidates: int = 1
+    rerank: str = "none"  # none, or clap: order the candidates by a judge's score
+    rerank_against: str = "request"  # the user's message, or the reply text
 
     def validate(self, name: Callable[[str], str] = str) -> None:
         """Raise ChatError on a value no music can be made with (NaN, ±inf, out of range,
@@ -61,11 +83,26 @@ class MusicSettings:
         self.num_candidates = check_number(self.num_candidates, name("num_candidates"),
                                            integer=True, minimum=1, maximum=16,
                                            error=ChatError)
+        if not isinstance(self.rerank, str) or self.rerank not in RERANKERS:
+            raise ChatError(f"{name('rerank')}={self.rerank!r}: use one of "
+                            f"{', '.join(RERANKERS)}")
+        if not isinstance(self.rerank_against, str) or self.rerank_against not in RERANK_TEXTS:
+            raise ChatError(f"{name('rerank_against')}={self.rerank_against!r}: use one of "
+                            f"{', '.join(RERANK_TEXTS)}")
+        if self.rerank != "none" and self.num_candidates < 2:
+            raise ChatError(f"{name('rerank')}={self.rerank} ranks several candidates, and "
+                            f"{name('num_candidates')} is {self.num_candidates}; raise "
+                            f"{name('num_candidates')} to 2 or more, or use "
+                            f"{name('rerank')}=none")
 
 
 @dataclass
 class MusicResult:
-    """Rendered music: `waveforms` (candidates, samples) float32 at `sample_rate`."""
+    """Rendered music: `waveforms` (candidates, samples) float32 at `sample_rate`.
+
+    Reranked (`rerank` not none), the candidates are best first: `scores[k]` is the judge's
+    score of `waveforms[k]` (descending) and `ranking[k]` the render index it had.
+    """
 
     waveforms: np.ndarray
     sample_rate: int
@@ -73,6 +110,10 @@ class MusicResult:
     seconds: float
     seed: int
     conditioning: torch.Tensor | None = None  # (1, N, W) what the decoder got, embedding mode
+    scores: np.ndarray | None = None  # (candidates,) float32, best first; None: not reranked
+    ranking: tuple[int, ...] | None = None  # render index of each candidate, best first
+    judge: str | None = None  # the judge's hub id or directory
+    judged_text: str | None = None  # the text the candidates were scored against
 
     @property
     def waveform(self) -> np.ndarray:
@@ -81,15 +122,19 @@ class MusicResult:
 
 
 def render_music(model, audio_hidden: torch.Tensor, text: str,
-                 settings: MusicSettings) -> MusicResult:
-    """Render `settings.num_candidates` waveforms for one reply.
+                 settings: MusicSettings, judge: Judge | None = None,
+                 request: str = "") -> MusicResult:
+    """Render `settings.num_candidates` waveforms for one reply (best first when reranked).
 
     Args:
         model: the M2UGen model.
         audio_hidden: (8, D) pre-norm hidden states at the positions predicting [AUD0..7].
         text: the reply text (prompts the decoder when condition="text").
+        judge: scores the candidates when `settings.rerank` is not none.
+        request: the user's message (what the judge hears against, rerank_against="request").
     """
     settings.validate()
+    judged = _judged_text(settings, judge, text, request)  # before the slow render
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
     decoder = model.load_decoder()  # loaded once, when music is first asked for
     n = settings.num_candidates
@@ -105,6 +150,40 @@ def render_music(model, audio_hidden: torch.Tensor, text: str,
                             "use condition=embedding")
         waves = decoder.generate_from_text([text] * n, settings.seconds, settings.guidance,
                                            seed, settings.steps, settings.scheduler)
-    return MusicResult(waveforms=waves, sample_rate=decoder.sample_rate,
-                       condition=settings.condition, seconds=settings.seconds, seed=seed,
-                       conditioning=conditioning)
+    result = MusicResult(waveforms=waves, sample_rate=decoder.sample_rate,
+                         condition=settings.condition, seconds=settings.seconds, seed=seed,
+                         conditioning=conditioning)
+    if judged is None:
+        return result
+    assert judge is not None  # _judged_text checked it
+    return rank_candidates(result, judge, judged)
+
+
+def _judged_text(settings: MusicSettings, judge: Judge | None, reply: str,
+                 request: str) -> str | None:
+    """The text the candidates will be scored against (None: no reranking); a missing or
+    mismatched judge or an empty text is a ChatError."""
+    if settings.rerank == "none":
+        return None
+    if judge is None or judge.name != settings.rerank:
+        have = "none" if judge is None else f"a {judge.name} judge"
+        raise ChatError(f"rerank={settings.rerank} needs a {settings.rerank} judge and the "
+                        f"session has {have}; pass one (ChatSession(model, judge="
+                        "ClapJudge.load(ID)), `m2ugen chat --judge ID`) or use rerank=none")
+    text = request if settings.rerank_against == "request" else reply
+    if not text.strip():
+        other = "reply" if settings.rerank_against == "request" else "request"
+        raise ChatError(f"rerank_against={settings.rerank_against}: the "
+                        f"{settings.rerank_against} text is empty; use rerank_against={other}")
+    return text
+
+
+def rank_candidates(result: MusicResult, judge: Judge, text: str) -> MusicResult:
+    """`result` with its candidates ordered by `judge`'s score against `text`, best first
+    (ties keep the render order); the scores, the ranking and the judge recorded."""
+    scores = np.asarray(judge.score(text, result.waveforms, result.sample_rate),
+                        dtype=np.float32)
+    order = np.argsort(-scores, kind="stable")
+    return dataclasses.replace(result, waveforms=result.waveforms[order], scores=scores[order],
+                               ranking=tuple(int(i) for i in order), judge=judge.ref,
+                               judged_text=text)

@@ -74,6 +74,15 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", choices=["dpm++", "ddim"], default="dpm++",
                    help=_SCHEDULER_HELP)
     p.add_argument("--num-candidates", type=int, default=1, help="how many versions to render")
+    p.add_argument("--rerank", choices=["none", "clap"], default="none",
+                   help="order the candidates by a judge's score, best first (clap: the CLAP "
+                        "cosine of each with the text; needs --num-candidates 2 or more)")
+    p.add_argument("--judge", metavar="ID_OR_DIR", default=None,
+                   help="the CLAP model of --rerank clap: hub id or directory, or tiny (the "
+                        "offline tiny one); default: the CLAP `m2ugen eval` scores with")
+    p.add_argument("--rerank-against", choices=["request", "reply"], default="request",
+                   help="what the judge compares the music with: your message (default) or "
+                        "the reply text")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
     _add_dtype(p)
     p.add_argument("--interactive", "-i", action="store_true", help="keep a conversation")

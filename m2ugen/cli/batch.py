@@ -144,8 +144,9 @@ def check_batch_args(args: argparse.Namespace) -> None:
 
 
 def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
-              batch_size: int) -> Path:
-    """Answer every line, write the music and DIR/replies.jsonl; returns its path."""
+              batch_size: int, judge=None) -> Path:
+    """Answer every line, write the music and DIR/replies.jsonl; returns its path (`judge`:
+    the --rerank judge; a reranked record lists the files best first with their scores)."""
     from tqdm import tqdm
 
     from m2ugen.chat import ChatRequest, send_batch
@@ -160,7 +161,8 @@ def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
             chunk = lines[start:start + batch_size]
             requests = [ChatRequest(b.prompt, seed=b.seed, music=b.music, **b.media)
                         for b in chunk]
-            results = send_batch(model, requests, settings, music, batch_size=len(chunk))
+            results = send_batch(model, requests, settings, music, batch_size=len(chunk),
+                                 judge=judge)
             for i, (b, result) in enumerate(zip(chunk, results, strict=True), start + 1):
                 record: dict[str, Any] = {"line": b.line, "prompt": b.prompt, **b.paths,
                                           "text": result.text, "seed": result.seed}
@@ -172,6 +174,9 @@ def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
                     record["wav"] = str(paths[0])
                     if len(paths) > 1:
                         record["wavs"] = [str(p) for p in paths]
+                    if result.music.scores is not None:
+                        record["scores"] = [float(x) for x in result.music.scores]
+                        record["ranking"] = list(result.music.ranking)
                     made += 1
                 records.append(record)
             bar.update(len(chunk))

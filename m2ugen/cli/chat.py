@@ -83,6 +83,35 @@ def _reply(session, message: str, media: dict, settings, music, out: Path) -> No
     print(f"wrote {', '.join(map(str, paths))} ({rendered.seconds:g} s at "
           f"{rendered.sample_rate} Hz, condition={rendered.condition}, inputs: {used}, "
           f"seed {rendered.seed})", file=sys.stderr)
+    if rendered.scores is not None:
+        print(ranking_text(rendered, paths), file=sys.stderr)
+
+
+def ranking_text(rendered, paths: list[Path]) -> str:
+    """The judge's ranking as printed: a header, then one line per file, best first."""
+    text = rendered.judged_text if len(rendered.judged_text) <= 60 else \
+        rendered.judged_text[:57] + "..."
+    lines = [f"ranked by {rendered.judge} against {text!r}, best first:"]
+    for rank, (path, score, index) in enumerate(
+            zip(paths, rendered.scores, rendered.ranking, strict=True), 1):
+        lines.append(f"  {rank}. {path}  score {score:+.4f}  (rendered as candidate "
+                     f"{index + 1})")
+    return "\n".join(lines)
+
+
+def _load_judge(args: argparse.Namespace, music, makes_music: bool):
+    """The judge of --rerank, loaded before the model (a bad --judge costs seconds, not a
+    model load); None when no music is ranked."""
+    if music.rerank == "none":
+        if args.judge is not None:
+            raise M2UGenError(f"--judge {args.judge}: judges only with --rerank clap; add "
+                              "--rerank clap --num-candidates N, or drop --judge")
+        return None
+    if not makes_music:
+        return None
+    from m2ugen.eval.judge import ClapJudge
+
+    return ClapJudge.load(args.judge, args.device)
 
 
 def _load_model(args: argparse.Namespace, decoder: bool):
@@ -109,8 +138,9 @@ def _cmd_batch(args: argparse.Namespace, settings, music) -> int:
     check_quantize(args.quantize, args.device, None)
     lines = read_requests(args.batch, M2UGen.read_media_spec(args.model))
     modes = {music.music} | {b.music for b in lines if b.music}
+    judge = _load_judge(args, music, makes_music=modes != {"never"})
     model = _load_model(args, decoder=modes != {"never"})
-    run_batch(model, lines, settings, music, args.out_dir, args.batch_size)
+    run_batch(model, lines, settings, music, args.out_dir, args.batch_size, judge)
     return 0
 
 
@@ -126,7 +156,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings.validate(flag_name)
     music = MusicSettings(music=args.music, condition=args.condition, seconds=args.seconds,
                           guidance=args.guidance, steps=args.steps, scheduler=args.scheduler,
-                          seed=args.seed, num_candidates=args.num_candidates)
+                          seed=args.seed, num_candidates=args.num_candidates,
+                          rerank=args.rerank, rerank_against=args.rerank_against)
     music.validate(flag_name)
     if args.batch is not None:  # many requests from a file (cli/batch.py)
         return _cmd_batch(args, settings, music)
@@ -138,8 +169,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     check_quantize(args.quantize, args.device, None)
     media = _load_attachments(args)
+    judge = _load_judge(args, music, makes_music=music.music != "never")
     # --music never makes no music: the decoder (GBs at full size) is not loaded at all
-    session = ChatSession(_load_model(args, decoder=music.music != "never"))
+    session = ChatSession(_load_model(args, decoder=music.music != "never"), judge=judge)
     if args.prompt:
         _reply(session, args.prompt, media, settings, music, args.out)
         media = {}

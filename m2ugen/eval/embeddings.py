@@ -110,8 +110,9 @@ class ClapEmbedder:
         self.ref = ref
 
     @classmethod
-    def load(cls, ref: str, device: torch.device) -> ClapEmbedder:
-        with loading("CLAP evaluation model", ref):
+    def load(cls, ref: str, device: torch.device,
+             what: str = "CLAP evaluation model") -> ClapEmbedder:
+        with loading(what, ref):
             return cls(ClapModel.from_pretrained(ref).to(device),
                        ClapProcessor.from_pretrained(ref), ref)
 
