@@ -21,6 +21,7 @@ import numbers
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from m2ugen.loading import merge_lora_for_inference
 from m2ugen.media import MediaSpec, guess_modality, load_media, save_audio
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import SCHEDULERS
-from m2ugen.music import MUSIC_MODES, MusicSettings
+from m2ugen.music import MUSIC_MODES, RERANKERS, MusicResult, MusicSettings
 
 log = logging.getLogger("m2ugen")
 
@@ -94,10 +95,11 @@ SLIDERS: dict[str, tuple[str, float, float]] = {
     "seconds": ("Music seconds", 1, 30),
     "guidance": ("Guidance", 0.0, 10.0),
     "steps": ("Decoder steps", 0, 200),
+    "num_candidates": ("Candidates", 1, 8),
 }
 LABELS = {**{k: v[0] for k, v in SLIDERS.items()}, "music": "Music", "condition": "Condition",
-          "seed": "Seed", "scheduler": "Sampler"}
-_INTEGER_SETTINGS = ("max_new_tokens", "steps")
+          "seed": "Seed", "scheduler": "Sampler", "rerank": "Rerank"}
+_INTEGER_SETTINGS = ("max_new_tokens", "steps", "num_candidates")
 
 
 @dataclass
@@ -173,7 +175,8 @@ def setting_name(field: str) -> str:
 
 def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
                   seconds: Any, guidance: Any, steps: Any, condition: Any,
-                  seed: Any, scheduler: Any = "dpm++") -> tuple[GenerationSettings, MusicSettings]:
+                  seed: Any, scheduler: Any = "dpm++", num_candidates: Any = 1,
+                  rerank: Any = "none") -> tuple[GenerationSettings, MusicSettings]:
     """The settings panel's values → validated settings; seed < 0 or empty = random,
     steps 0 = the sampler's default (AudioLDM2: 20 with dpm++, 200 with ddim).
 
@@ -183,7 +186,8 @@ def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
     mistake is one ChatError naming the setting, shown in the chat.
     """
     values = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-              "seconds": seconds, "guidance": guidance, "steps": steps}
+              "seconds": seconds, "guidance": guidance, "steps": steps,
+              "num_candidates": num_candidates}
     for key, value in values.items():
         _, low, high = SLIDERS[key]
         values[key] = check_number(value, setting_name(key), minimum=low, maximum=high,
@@ -197,7 +201,8 @@ def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
                              seed=seed_value)
     mus = MusicSettings(music=music, condition=condition, seconds=values["seconds"],
                         guidance=values["guidance"], steps=values["steps"] or None,
-                        scheduler=scheduler, seed=seed_value)
+                        scheduler=scheduler, seed=seed_value,
+                        num_candidates=values["num_candidates"], rerank=rerank)
     gen.validate(setting_name)
     mus.validate(setting_name)
     return gen, mus
@@ -216,18 +221,35 @@ def error_message(error: M2UGenError) -> dict[str, Any]:
     return {"role": "assistant", "content": f"⚠️ {error}"}
 
 
-def music_message(path: Path) -> dict[str, Any]:
+def music_message(path: Path, label: str | None = None) -> dict[str, Any]:
     return {"role": "assistant",
-            "content": gr.Audio(value=str(path), buttons=["download"], show_label=False,
-                                label="music", interactive=False)}
+            "content": gr.Audio(value=str(path), buttons=["download"],
+                                show_label=label is not None, label=label or "music",
+                                interactive=False)}
+
+
+def candidate_labels(rendered: MusicResult) -> list[str] | None:
+    """The players' labels of several candidates, best first when ranked ("best of 3 · CLAP
+    score +0.312", "2 of 3 · …"); None for a single waveform (shown unlabelled)."""
+    n = len(rendered.waveforms)
+    if n == 1:
+        return None
+    if rendered.scores is None:
+        return [f"candidate {k} of {n}" for k in range(1, n + 1)]
+    return [f"{'best' if k == 1 else k} of {n} · score {score:+.4f} (rendered as {i + 1})"
+            for k, (score, i) in enumerate(zip(rendered.scores, rendered.ranking,
+                                               strict=True), 1)]
 
 
 class AssistantApp:
     """The loaded model and the per-visitor chat logic around it."""
 
     def __init__(self, model: M2UGen, limits: Limits | None = None,
-                 media_root: Path | None = None) -> None:
+                 media_root: Path | None = None, judge: str | None = None) -> None:
         self.model = model
+        self.judge_ref = judge  # the --rerank judge, loaded when first asked for
+        self._judge = None
+        self._judge_lock = threading.Lock()
         self.limits = limits or Limits()
         self.concurrency = check_number(self.limits.concurrency, "concurrency", integer=True,
                                         minimum=1)
@@ -259,6 +281,16 @@ class AssistantApp:
             return UNTRAINED_NOTICE
         return None
 
+    def judge(self):
+        """The CLAP judge of `rerank` (hub id or directory `judge_ref`; None: the one
+        `m2ugen eval` uses), loaded once, by the first visitor who asks for reranking."""
+        from m2ugen.eval.judge import ClapJudge
+
+        with self._judge_lock:
+            if self._judge is None:
+                self._judge = ClapJudge.load(self.judge_ref, self.model.device)
+            return self._judge
+
     def new_state(self) -> VisitorState:
         workdir = Path(tempfile.mkdtemp(prefix="visitor-", dir=self.media_root))
         return VisitorState(session=ChatSession(self.model), workdir=workdir)
@@ -277,7 +309,8 @@ class AssistantApp:
     def respond(self, message: dict[str, Any] | str | None, state: VisitorState | None,
                 temperature: float, top_p: float, max_new_tokens: float, music: str,
                 seconds: float, guidance: float, steps: float, condition: str,
-                seed: float | None, scheduler: str = "dpm++",
+                seed: float | None, scheduler: str = "dpm++", num_candidates: float = 1,
+                rerank: str = "none",
                 progress: gr.Progress = gr.Progress(),  # noqa: B008
                 ) -> Iterator[tuple[list[dict[str, Any]], None, VisitorState]]:
         """Handle one visitor message; yields (chatbot messages, textbox value, state).
@@ -297,7 +330,8 @@ class AssistantApp:
         shown.extend(user_messages(text, files))
         try:
             gen, mus = make_settings(temperature, top_p, max_new_tokens, music, seconds,
-                                     guidance, steps, condition, seed, scheduler)
+                                     guidance, steps, condition, seed, scheduler,
+                                     num_candidates, rerank)
             media = load_attachments(files, self.media_spec, self.limits.max_upload_mb)
             if not files and state.last_music is not None:
                 # an edit follow-up: the music this visitor was just given is the input
@@ -346,17 +380,25 @@ class AssistantApp:
         try:
             yield shown, None, state
             try:
+                if mus.rerank != "none":
+                    state.session.judge = self.judge()
                 rendered = state.session.render(result, mus)
                 assert rendered is not None
-                path = state.workdir / f"m2ugen-{state.turns + 1:03d}.wav"
-                save_audio(path, rendered.waveform, rendered.sample_rate)  # e.g. disk full
+                # the winner (or the only one) first, then the other candidates
+                paths = [state.workdir / f"m2ugen-{state.turns + 1:03d}"
+                         f"{'' if k == 0 else f'-{k + 1}'}.wav"
+                         for k in range(len(rendered.waveforms))]
+                for p, wave in zip(paths, rendered.waveforms, strict=True):
+                    save_audio(p, wave, rendered.sample_rate)  # e.g. disk full
             except M2UGenError as e:
                 shown[-1] = error_message(e)
                 yield shown, None, state
                 return
             state.turns += 1
-            shown[-1] = music_message(path)
-            state.last_music = path
+            labels = candidate_labels(rendered) or [None]
+            shown[-1:] = [music_message(p, label)
+                          for p, label in zip(paths, labels, strict=True)]
+            state.last_music = paths[0]
             yield shown, None, state
         except GeneratorExit:  # Stop before the music was shown: the visitor has none
             shown[-1] = {"role": "assistant", "content": "(music stopped)"}
@@ -388,8 +430,14 @@ def _settings_panel() -> list[gr.components.Component]:
             seed = gr.Number(value=-1, label="Seed", info="-1 = random")
             scheduler = gr.Radio(list(SCHEDULERS), value="dpm++", label="Sampler",
                                  info="AudioLDM2 only: dpm++ (20 steps) or ddim (published, 200)")
+        with gr.Row():
+            candidates = _slider("num_candidates", value=1, step=1, elem_id="candidates",
+                                 info="versions rendered at once")
+            rerank = gr.Radio(list(RERANKERS), value="none", label="Rerank",
+                              elem_id="rerank", info="clap: best first by a CLAP judge's "
+                              "score against your message (2+ candidates)")
     return [temperature, top_p, max_new, music, seconds, guidance, steps, condition, seed,
-            scheduler]
+            scheduler, candidates, rerank]
 
 
 def _examples(examples_dir: Path, examples=EXAMPLES) -> list[dict[str, Any]]:
@@ -407,10 +455,12 @@ def _examples(examples_dir: Path, examples=EXAMPLES) -> list[dict[str, Any]]:
 
 def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
               dtype: str | None = "auto", trust_remote_code: bool = False,
-              limits: Limits | None = None, examples_dir: Path | None = None) -> gr.Blocks:
+              limits: Limits | None = None, examples_dir: Path | None = None,
+              judge: str | None = None) -> gr.Blocks:
     """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen);
     `dtype` as --dtype (`loading.choose_dtype`; unused for a loaded model); `examples_dir`
-    holds the media of the examples offered (None: no examples).
+    holds the media of the examples offered (None: no examples); `judge` the CLAP of
+    Rerank (hub id, directory or "tiny"; None: the evaluation's), loaded when first used.
 
     The AssistantApp is kept on the returned Blocks as `.assistant`.
     """
@@ -418,7 +468,7 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
         model = M2UGen.from_pretrained(model, device=device, dtype=dtype,
                                        trust_remote_code=trust_remote_code)
         merge_lora_for_inference(model)  # generation only: where it pays (logged)
-    app = AssistantApp(model, limits)
+    app = AssistantApp(model, limits, judge=judge)
     # delete_cache: Gradio's copies of uploads and music older than a day, checked daily
     with gr.Blocks(title="M2UGen", delete_cache=(86400, 86400),
                    analytics_enabled=False) as demo:

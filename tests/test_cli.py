@@ -202,14 +202,14 @@ def test_app_command_passes_every_option_and_writes_the_examples(served, tmp_pat
     code, out, err = _run(capsys, "app", "--model", "my-model", "--device", "cpu", "--port",
                           str(port), "--share", "--max-upload-mb", "5", "--concurrency", "3",
                           "--examples-dir", str(examples), "--trust-remote-code",
-                          "--dtype", "bf16")
+                          "--dtype", "bf16", "--judge", "my-clap")
     assert code == 0, err
     assert sorted(p.name for p in examples.iterdir()) == sorted(NAMES)  # written: it was missing
     assert f"wrote example media to {examples}" in out
     model, kw = served["build"]
     assert model == "my-model" and kw == {
         "device": "cpu", "dtype": "bf16", "trust_remote_code": True, "examples_dir": examples,
-        "limits": Limits(max_upload_mb=5.0, concurrency=3)}
+        "limits": Limits(max_upload_mb=5.0, concurrency=3), "judge": "my-clap"}
     assert served["launch"] == ("demo", {"host": "127.0.0.1", "port": port, "share": True,
                                          "max_upload_mb": 5.0, "examples_dir": examples})
 
@@ -225,7 +225,7 @@ def test_app_command_defaults_and_an_existing_examples_dir_is_left_alone(served,
     model, kw = served["build"]
     assert model == "tiny" and kw["limits"] == Limits() and kw["limits"].concurrency == 1
     assert not kw["trust_remote_code"] and served["launch"][1]["share"] is False
-    assert kw["dtype"] == "auto"
+    assert kw["dtype"] == "auto" and kw["judge"] is None
     served.clear()
     assert _run(capsys, "app", "--port", str(_free_port()))[0] == 0
     assert served["build"][1]["examples_dir"] is None  # the package reaches for no folder

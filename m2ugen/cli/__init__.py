@@ -123,6 +123,9 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--examples-dir", type=Path, default=None, metavar="DIR",
                    help="demo media offered as examples (written there first when DIR does "
                         "not exist; gradio_app.py passes examples/media)")
+    p.add_argument("--judge", metavar="ID_OR_DIR", default=None,
+                   help="the CLAP model of the Rerank setting: hub id or directory, or tiny; "
+                        "default: the CLAP `m2ugen eval` scores with (loaded when first used)")
     p.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
     p.set_defaults(func=cmd_app)
 

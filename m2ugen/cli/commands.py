@@ -121,7 +121,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     demo = build_app(args.model, device=args.device, dtype=args.dtype,
                      trust_remote_code=args.trust_remote_code,
                      limits=Limits(max_upload_mb=args.max_upload_mb, concurrency=concurrency),
-                     examples_dir=examples)
+                     examples_dir=examples, judge=args.judge)
     launch(demo, host=args.host, port=args.port, share=args.share,
            max_upload_mb=args.max_upload_mb, examples_dir=examples)
     return 0

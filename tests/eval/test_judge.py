@@ -5,6 +5,7 @@ ClapModel and ClapProcessor (not our embedder)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,32 @@ def test_cli_rerank_mistakes_are_one_line(tiny_dir, tmp_path, capsys, extra, exp
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert expect.replace("{tmp}", str(tmp_path)) in err
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_the_app_shows_the_winner_first_and_lets_one_play_the_others(tiny_model, eval_models,
+                                                                     tmp_path):
+    from m2ugen.app import AssistantApp
+
+    app = AssistantApp(tiny_model, media_root=tmp_path, judge=eval_models.clap)
+    settings = dict(temperature=0, top_p=0.8, max_new_tokens=8, music="always", seconds=1,
+                    guidance=3.5, steps=0, condition="embedding", seed=2, scheduler="dpm++",
+                    num_candidates=3, rerank="clap")
+    shown, _, state = list(app.respond(REQUEST, None, **settings))[-1]
+    players = [m["content"] for m in shown[-3:]]
+    assert all(type(p).__name__ == "Audio" for p in players)
+    labels = [p.label for p in players]
+    assert labels[0].startswith("best of 3 · score") and labels[1].startswith("2 of 3")
+    shown_scores = [float(label.split("score ")[1].split()[0]) for label in labels]
+    assert shown_scores == sorted(shown_scores, reverse=True)
+    paths = [p.value["path"] if isinstance(p.value, dict) else p.value for p in players]
+    # gradio serves copies of the files; an edit follow-up edits the winner
+    assert [Path(p).name for p in paths] == ["m2ugen-001.wav", "m2ugen-001-2.wav",
+                                             "m2ugen-001-3.wav"]
+    assert state.last_music.name == "m2ugen-001.wav"
+    files = np.stack([sf.read(p, dtype="float32")[0] for p in paths])
+    truth = clap_cosines(eval_models.clap, REQUEST, files, 32000)
+    np.testing.assert_allclose(truth, shown_scores, atol=2e-4)  # 16-bit WAV, 4 decimals
+    # a judge that cannot load is a chat message; the conversation goes on
+    bad = AssistantApp(tiny_model, media_root=tmp_path, judge=str(tmp_path / "no-clap"))
+    shown, _, _ = list(bad.respond(REQUEST, None, **settings))[-1]
+    assert "CLAP judge (--judge)" in shown[-1]["content"] and "no-clap" in shown[-1]["content"]
