@@ -7,6 +7,7 @@
 - `audio_metrics.py`, `text_metrics.py`  the metrics, each computed by its package
 - `pitch.py`   melody metrics on basic-pitch's trained transcriber (ONNX, in its wheel)
 - `score.py`   every metric's definition; scoring music or replies against references
+- `judge.py`   the CLAP judge of best-of-N (`--rerank clap`): the CLAP score per candidate
 - `report.py`  results.json, the Markdown comparison table, the PNG plot
 - `run.py`     a model on a task, or a folder of music, end to end
 """
