@@ -19,6 +19,7 @@ from m2ugen.checkpoint import TRAINED_NAME
 from m2ugen.config import M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError
 from m2ugen.modules.decoders import cond_shape_from_configs
+from m2ugen.modules.decoders.tuning import TUNED_TENSORS, is_tuned, read_tuned_config
 from m2ugen.trained import tensor_group
 
 COMPONENTS = ("llm", "tokenizer", "mert", "vit", "vivit", "decoder_path")
@@ -108,6 +109,23 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.1f} P{unit}"
 
 
+def _tuned_decoder_line(folder: Path) -> str:
+    """What `m2ugen train-decoder` made: how it was tuned, its tensors, its base."""
+    info = read_tuned_config(folder)
+    params, size = count_params(folder)
+    n = len(safetensors_header(folder / TUNED_TENSORS))
+    how = info["tuning"]
+    if how == "lora":
+        lora = info.get("lora") or {}
+        how += (f" rank {lora.get('rank')} alpha {lora.get('alpha')} on "
+                f"{', '.join(lora.get('targets', []))}; "
+                + ("merged into the base at load" if info.get("merge", True)
+                   else "kept beside the base weights"))
+    return (f"  decoder fine-tuned ({how}): {n} tensors, {_human(params)} values, "
+            f"{_human(size, 'B')} in {TUNED_TENSORS}; step {info.get('step')}; base "
+            f"{info['base']}")
+
+
 def describe(directory: str | Path) -> str:
     """A report of a model directory: components with parameter counts, trained tensors."""
 
@@ -127,6 +145,9 @@ def describe(directory: str | Path) -> str:
             continue
         params, size = count_params(local)
         lines.append(f"  {key:<13} {ref}  {_human(params)} parameters, {_human(size, 'B')}")
+    decoder_ref = resolve_component(config.decoder_path, directory)
+    if is_tuned(decoder_ref):
+        lines.append(_tuned_decoder_line(Path(decoder_ref)))
     c = config
     lines.append(f"sizes: llm_dim {c.llm_dim}, Q {c.query_layers}, LoRA rank {c.lora_rank} "
                  f"(alpha {c.lora_alpha}), MERT {c.mert_layers}×{c.mert_dim}, ViT "

@@ -21,7 +21,8 @@ from m2ugen.checkpoint import TRAINED_NAME, fingerprint, load_tensors, save_tens
 from m2ugen.config import M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError, check_device, nonfinite_weights
 from m2ugen.media import MediaSpec
-from m2ugen.modules.decoders import MusicDecoder, load_decoder
+from m2ugen.modules.decoders import MusicDecoder
+from m2ugen.modules.decoders.tuning import load_music_decoder
 from m2ugen.modules.encoders import load_encoders
 from m2ugen.modules.encoders import read_media_spec as encoders_media_spec
 from m2ugen.modules.llm import load_llm
@@ -160,10 +161,11 @@ def load_model(model_cls: type, name_or_dir: str | Path, device: str | torch.dev
 
 def load_model_decoder(config: M2UGenConfig, base: Path | None, device: torch.device,
                        dtype: torch.dtype) -> MusicDecoder:
-    """The frozen music decoder a model's config names, checked: finite weights, and the
-    conditioning shape its projector makes."""
+    """The frozen music decoder a model's config names (a fine-tuned one: its base plus the
+    trained tensors, `decoders.tuning`), checked: finite weights, and the conditioning
+    shape its projector makes."""
     path = resolve_component(config.decoder_path, base)
-    decoder = load_decoder(config.decoder, path, device, dtype)
+    decoder = load_music_decoder(config.decoder, path, device, dtype)
     nonfinite_weights(path, decoder_parameters(decoder))
     want = (config.projector_tokens, config.projector_dim)
     if decoder.cond_shape != want:
@@ -206,6 +208,19 @@ def decoder_parameters(decoder: MusicDecoder) -> Iterator[tuple[str, torch.Tenso
                 yield f"{key}.{name}", p
 
 
+def portable_config(config: M2UGenConfig, base: Path | None) -> M2UGenConfig:
+    """A copy of `config` whose local components are absolute paths, fingerprinted, so a
+    directory written with it loads from anywhere and notices a changed base."""
+    cfg = M2UGenConfig.from_dict(config.to_dict())
+    for key in COMPONENT_KEYS:
+        ref = resolve_component(getattr(cfg, key), base)
+        if Path(ref).exists():  # local component: keep pointing at it from anywhere
+            setattr(cfg, key, str(Path(ref).resolve()))
+            cfg.base_fingerprints[key] = (cfg.base_fingerprints.get(key)
+                                          or fingerprint(ref) or "")
+    return cfg
+
+
 def write_model_files(model: nn.Module, directory: Path, metadata: dict[str, str] | None = None,
                       dtype: torch.dtype | None = None,
                       tensors: dict[str, torch.Tensor] | None = None) -> None:
@@ -213,13 +228,7 @@ def write_model_files(model: nn.Module, directory: Path, metadata: dict[str, str
     gathered them from shards; cast to `dtype` if given) of `model` into
     `directory`, each file atomically. Local components are referred to by absolute path
     and fingerprinted, so the directory loads from anywhere and notices a changed base."""
-    cfg = M2UGenConfig.from_dict(model.config.to_dict())
-    for key in COMPONENT_KEYS:
-        ref = resolve_component(getattr(cfg, key), model.base_dir)
-        if Path(ref).exists():  # local component: keep pointing at it from anywhere
-            setattr(cfg, key, str(Path(ref).resolve()))
-            cfg.base_fingerprints[key] = (cfg.base_fingerprints.get(key)
-                                          or fingerprint(ref) or "")
+    cfg = portable_config(model.config, model.base_dir)
     cfg.tokenizer = "tokenizer"
     cfg.save(directory)
     model.tokenizer.save_pretrained(directory / "tokenizer")

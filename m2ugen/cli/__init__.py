@@ -23,6 +23,7 @@ from m2ugen.cli.commands import (
     cmd_make_tiny,
     cmd_synth_data,
     cmd_train,
+    cmd_train_decoder,
 )
 from m2ugen.cli.common import OneLineParser, flag_name, setup_logging
 from m2ugen.cli.eval import cmd_eval
@@ -142,6 +143,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                   "fits and which setting would")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override settings")
     p.set_defaults(func=cmd_train)
+
+
+def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-decoder", help="fine-tune a model's music decoder (MusicGen or "
+                       "AudioLDM2) on your own audio + captions, LoRA or full")
+    p.add_argument("--config", required=True,
+                   help="configs/decoder_musicgen.yaml or configs/decoder_audioldm2.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the run in out=")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override settings")
+    p.set_defaults(func=cmd_train_decoder)
 
 
 def _add_cache_features(sub: argparse._SubParsersAction) -> None:
@@ -314,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is an untrained offline smoke-test model built on first use.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_make_tiny, _add_chat, _add_app, _add_train, _add_cache_features,
+    for add in (_add_make_tiny, _add_chat, _add_app, _add_train, _add_train_decoder,
+                _add_cache_features,
                 _add_synth_data, _add_convert, _add_info, _add_eval):
         add(sub)
     return parser

@@ -55,6 +55,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_decoder(args: argparse.Namespace) -> int:
+    from m2ugen.training.config import load_train_config
+    from m2ugen.training.decoder_config import DecoderTrainConfig
+    from m2ugen.training.decoder_loop import train_decoder
+
+    cfg = load_train_config(args.config, args.overrides, cls=DecoderTrainConfig)
+    args.written = cfg.out  # named by a write error that names no file
+    out = train_decoder(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"decoder fine-tuned: model directory {out} with its decoder in {out}/decoder "
+              f"(chat with it: m2ugen chat --model {out} ...; m2ugen info {out})")
+    return 0
+
+
 def cmd_cache_features(args: argparse.Namespace) -> int:
     from m2ugen.training.config import load_train_config
     from m2ugen.training.features import cache_features

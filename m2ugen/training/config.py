@@ -14,15 +14,13 @@ from m2ugen.errors import ConfigError, check_device, check_number, check_seed
 
 
 @dataclass
-class TrainConfig:
-    """One stage's settings (configs/stageN.yaml documents each)."""
+class RunConfig:
+    """The settings every trainer here shares (the stages' TrainConfig and the decoder
+    fine-tune's DecoderTrainConfig add their own): data, output, schedule, optimizer,
+    precision, ranks, checkpoints, logging."""
 
-    stage: int = 1
     model: str = "tiny"  # preset, base model directory, or the previous stage's output
-    # "standard": start the trained tensors from the standard inits (zero gates, zero
-    # LoRA B) as when training from a base model; "keep": continue from the model's own
-    init_trained: str = "keep"
-    data: str = "data/synth/dataset.yaml"  # dataset spec (m2ugen/data/spec.py)
+    data: str = "data/synth/dataset.yaml"
     out: str = "runs/stage1"
     max_steps: int = 100
     batch_size: int = 4  # per process
@@ -33,8 +31,6 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip: float = 1.0
-    max_len: int = 512
-    group_by_length: bool = False
     seed: int = 0
     log_every: int = 1
     save_every: int = 50
@@ -47,34 +43,26 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only)
     cpu_offload: bool = False  # fsdp: sharded parameters, gradients, optimizer state in host RAM
     device: str = "auto"
-    # dtype of adapter.safetensors (trainer_state/ always keeps fp32 for exact resume);
-    # bf16 halves a 7B model directory (2.0 → 1.0 GiB)
+    # dtype of the saved trained tensors (trainer_state/ always keeps fp32 for exact
+    # resume); bf16 halves a 7B model directory (2.0 → 1.0 GiB)
     save_dtype: str = "fp32"
-    feature_cache: str | None = None  # directory written by `m2ugen cache-features`
     skip_bad: bool = False
     # stop this run after N optimizer steps (checkpointing first), as a time-boxed or
     # preempted job would; `--resume` continues to max_steps
     stop_after: int | None = None
     progress: bool = True
     tensorboard: bool = True
-    # let a MERT whose config needs its own Python code (auto_map) run it: the user's
-    # opt-in, as `m2ugen chat --trust-remote-code`; the model directory cannot grant it
-    trust_remote_code: bool = False
 
     # how a setting is named in messages: set by load_train_config to say where it came
     # from (the YAML file or a key=value override)
     _name: ClassVar[Callable[[str], str]] = str
+    EXAMPLE: ClassVar[str] = "configs/stage1.yaml"  # named when the config file is wrong
 
     def validate(self) -> None:
         """Raise ConfigError naming the setting on any value training cannot use: wrong
         type, NaN, ±inf, out of range. Numbers are normalised (1e-4 written as text)."""
-        if not isinstance(self.trust_remote_code, bool):
-            raise ConfigError(f"trust_remote_code must be true or false, got "
-                              f"{self.trust_remote_code!r}")
         name = self._name
-        self.stage = check_number(self.stage, name("stage"), integer=True, minimum=1, maximum=3)
-        for key in ("max_steps", "batch_size", "grad_accum", "max_len", "log_every",
-                    "save_every"):
+        for key in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every"):
             setattr(self, key, check_number(getattr(self, key), name(key), integer=True,
                                             minimum=1))
         self.warmup_steps = check_number(self.warmup_steps, name("warmup_steps"),
@@ -95,8 +83,8 @@ class TrainConfig:
                               f"{self.betas!r}")
         self.betas = [check_number(b, name("betas"), minimum=0.0, maximum=0.9999)
                       for b in self.betas]
-        for key in ("group_by_length", "gradient_checkpointing", "skip_bad", "progress",
-                    "tensorboard", "cpu_offload"):
+        for key in ("gradient_checkpointing", "skip_bad", "progress", "tensorboard",
+                    "cpu_offload"):
             if not isinstance(getattr(self, key), bool):  # the string "false" is truthy
                 raise ConfigError(f"{name(key)} must be true or false, got "
                                   f"{getattr(self, key)!r}")
@@ -104,18 +92,11 @@ class TrainConfig:
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 raise ConfigError(f"{name(key)} must be a non-empty string, got "
                                   f"{getattr(self, key)!r}")
-        if self.feature_cache is not None and (not isinstance(self.feature_cache, str)
-                                               or not self.feature_cache.strip()):
-            raise ConfigError(f"{name('feature_cache')} must be a directory path or null, got "
-                              f"{self.feature_cache!r}")
         if self.device != "auto":
             check_device(self.device, name("device"))
         if self.save_dtype not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"{name('save_dtype')} {self.save_dtype!r}: use fp32, bf16 or "
                               "fp16")
-        if self.init_trained not in ("keep", "standard"):
-            raise ConfigError(f"{name('init_trained')} {self.init_trained!r}: use keep or "
-                              "standard")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"{name('precision')} {self.precision!r}: use auto, bf16, fp16 "
                               "or fp32")
@@ -130,8 +111,51 @@ class TrainConfig:
             raise ConfigError(f"{name('cpu_offload')}: CPU offload is an FSDP option; add "
                               "strategy=fsdp or drop cpu_offload")
 
+    def file_metadata(self) -> dict[str, str]:
+        """What the saved tensors' safetensors header says about the run."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """One stage's settings (configs/stageN.yaml documents each)."""
+
+    stage: int = 1
+    # "standard": start the trained tensors from the standard inits (zero gates, zero
+    # LoRA B) as when training from a base model; "keep": continue from the model's own
+    init_trained: str = "keep"
+    data: str = "data/synth/dataset.yaml"  # dataset spec (m2ugen/data/spec.py)
+    max_len: int = 512
+    group_by_length: bool = False
+    feature_cache: str | None = None  # directory written by `m2ugen cache-features`
+    # let a MERT whose config needs its own Python code (auto_map) run it: the user's
+    # opt-in, as `m2ugen chat --trust-remote-code`; the model directory cannot grant it
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.trust_remote_code, bool):
+            raise ConfigError(f"trust_remote_code must be true or false, got "
+                              f"{self.trust_remote_code!r}")
+        name = self._name
+        self.stage = check_number(self.stage, name("stage"), integer=True, minimum=1, maximum=3)
+        self.max_len = check_number(self.max_len, name("max_len"), integer=True, minimum=1)
+        super().validate()
+        if not isinstance(self.group_by_length, bool):
+            raise ConfigError(f"{name('group_by_length')} must be true or false, got "
+                              f"{self.group_by_length!r}")
+        if self.feature_cache is not None and (not isinstance(self.feature_cache, str)
+                                               or not self.feature_cache.strip()):
+            raise ConfigError(f"{name('feature_cache')} must be a directory path or null, got "
+                              f"{self.feature_cache!r}")
+        if self.init_trained not in ("keep", "standard"):
+            raise ConfigError(f"{name('init_trained')} {self.init_trained!r}: use keep or "
+                              "standard")
+
+    def file_metadata(self) -> dict[str, str]:
+        return {"stage": str(self.stage)}
 
 
 def _parse_value(text: str) -> Any:
@@ -142,16 +166,17 @@ def _parse_value(text: str) -> Any:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None,
-                      ) -> TrainConfig:
-    """Read a stage YAML and apply `key=value` overrides (values parsed as YAML)."""
+                      cls: type[RunConfig] = TrainConfig) -> RunConfig:
+    """Read a stage YAML (or, with `cls`, another trainer's) and apply `key=value`
+    overrides (values parsed as YAML)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if path.is_dir():
             raise ConfigError(f"{path}: is a directory; --config takes a YAML file such as "
-                              "configs/stage1.yaml")
+                              f"{cls.EXAMPLE}")
         if not path.is_file():
-            raise ConfigError(f"{path}: training config not found; see configs/stage1.yaml")
+            raise ConfigError(f"{path}: training config not found; see {cls.EXAMPLE}")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -168,13 +193,13 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             raise ConfigError(f"override {item!r}: write key=value, e.g. max_steps=200")
         data[key.strip()] = _parse_value(value)
         overridden.add(key.strip())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known, key=str)
     if unknown:
         raise ConfigError(f"{path or 'overrides'}: unknown settings {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(known))}")
     try:
-        cfg = TrainConfig(**data)
+        cfg = cls(**data)
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from e
     for key in ("lr", "min_lr", "weight_decay", "clip"):  # YAML reads 1e-4 as a string

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-import warnings
 from collections.abc import Collection
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from m2ugen.config import MODALITIES
 from m2ugen.data.batching import ResumableBatchSampler, collate
@@ -31,12 +27,10 @@ from m2ugen.data.cache import FeatureCache
 from m2ugen.data.dataset import TrainDataset
 from m2ugen.data.spec import collect, load_spec
 from m2ugen.errors import ConfigError
-from m2ugen.loading import default_dtype
 from m2ugen.model import M2UGen
 from m2ugen.training.config import TrainConfig
 from m2ugen.training.features import batch_features, batch_music, needs_decoder, train_device
 from m2ugen.training.parallel import (
-    as_float,
     barrier,
     check_hardware,
     full_trained,
@@ -45,6 +39,17 @@ from m2ugen.training.parallel import (
     make_scaler,
     optimizer_state,
     wrap,
+)
+from m2ugen.training.runtime import (
+    all_sum,
+    autocast_dtype,
+    batch_stream,
+    dist_setup,
+    lr_at,
+    next_position,
+    optimizer_step,
+    precision_note,
+    progress_bar,
 )
 from m2ugen.training.state import (
     STATE_DIR,
@@ -57,59 +62,9 @@ from m2ugen.training.state import (
 log = logging.getLogger(__name__)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then a half-cycle cosine from lr to min_lr (per optimizer step)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _dist_setup() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
-    return world, rank, local
-
-
-def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 where the GPU has it, fp16 (+ grad scaler) on older GPUs, none
-    (fp32) on the CPU unless bf16 or fp16 is asked for (CPU autocast computes both; fp16
-    there is how the V100 recipe, scaler and all, is tested without a GPU)."""
-    if cfg.precision == "fp32" or (device.type != "cuda" and cfg.precision == "auto"):
-        return None
-    if cfg.precision == "auto":  # the GPU's half type, chosen in one place for every face
-        return default_dtype(device)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-
-
-def precision_note(cfg: TrainConfig, autocast: torch.dtype | None,
-                   device: torch.device) -> str:
-    """The log line saying which precision runs, and why."""
-    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast]
-    how = ("no autocast" if autocast is None else f"{name} autocast"
-           + (" + gradient scaler" if autocast is torch.float16 else ""))
-    why = f"precision={cfg.precision}" + (f" on {device.type}" if cfg.precision == "auto"
-                                          else "")
-    return (f"precision {name} ({why}): {how}; frozen weights {name}, trained tensors "
-            f"fp32")
-
-
-def _all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
 def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
     """Model (stage trainable set applied), dataset and sampler."""
-    autocast = _precision(cfg, device)
+    autocast = autocast_dtype(cfg, device)
     frozen_dtype = autocast or torch.float32
     # the data first: a bad record costs a second, not a model load
     spec = load_spec(cfg.data)
@@ -161,7 +116,7 @@ def train(cfg: TrainConfig, resume: bool = False, *,
     if not resume and (out / "m2ugen.json").exists():  # never overwrite someone's model
         raise ConfigError(f"{out} holds a model directory that is not a training run; "
                           "choose another out= (the model to start from goes in model=)")
-    world, rank, local = _dist_setup()
+    world, rank, local = dist_setup()
     device = train_device(cfg, local)
     check_hardware(cfg, device, world)
     saved = read_trainer_state(out) if resume else None  # a bad state costs no model load
@@ -192,20 +147,12 @@ def train(cfg: TrainConfig, resume: bool = False, *,
     pad = model.tokenizer.pad_token_id
     pad = pad if pad is not None else model.tokenizer.eos_token_id
 
-    def batches(epoch: int, position: int):
-        """(epoch, batch index, batch) forever, starting at the saved data position."""
-        while True:
-            sampler.set_position(epoch, position)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                collate_fn=partial(collate, pad_id=pad))
-            for k, batch in enumerate(loader, start=position):
-                yield epoch, k, batch
-            epoch, position = epoch + 1, 0
-
-    stream = batches(epoch, batch_pos)
+    stream = batch_stream(dataset, sampler, epoch, batch_pos, cfg.num_workers,
+                          partial(collate, pad_id=pad))
     start_step = step
     model.train()
-    progress = _progress(cfg, step, rank)
+    progress = progress_bar(cfg.max_steps, step, rank == 0 and cfg.progress,
+                            f"stage {cfg.stage}")
     t_last, seen = time.perf_counter(), 0
     fill = cfg.strategy == "fsdp" and world > 1
     while step < cfg.max_steps:
@@ -213,28 +160,12 @@ def train(cfg: TrainConfig, resume: bool = False, *,
         factor = math.inf if step + 1 in overflow_steps else 1.0
         loss_ce, loss_mse = _step(model, net, micro, world, autocast, scaler, device,
                                   fill=fill, loss_factor=factor)
-        scaler.unscale_(optim)
-        grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                             if cfg.clip > 0 else None)
-        scale = scaler.get_scale() if scaler.is_enabled() else None
-        scaler.step(optim)  # skipped when a gradient is inf/NaN (fp16 only)
-        scaler.update()
-        skipped = scale is not None and scaler.get_scale() < scale
-        if skipped:
-            skipped_total += 1
-            if rank == 0:
-                log.warning("step %d: fp16 gradients overflowed (inf/NaN); optimizer step "
-                            "skipped, loss scale %g -> %g (%d skipped so far)", step + 1,
-                            scale, scaler.get_scale(), skipped_total)
-        optim.zero_grad(set_to_none=True)
-        lr = sched.get_last_lr()[0]
-        with warnings.catch_warnings():
-            if skipped:  # torch warns when the first optimizer step was skipped: logged above
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-            sched.step()
+        done = optimizer_step(optim, sched, scaler, params, cfg.clip, step, rank,
+                              skipped_total)
+        skipped_total += done.skipped
+        lr = done.lr
         step += 1
-        ep, k, _ = micro[-1]
-        epoch, batch_pos = (ep, k + 1) if k + 1 < len(sampler) else (ep + 1, 0)
+        epoch, batch_pos = next_position(micro, sampler)
         seen += cfg.batch_size * world * cfg.grad_accum
         loss = loss_ce + loss_mse
         if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -242,10 +173,9 @@ def train(cfg: TrainConfig, resume: bool = False, *,
             rate = seen / (now - t_last)
             t_last, seen = now, 0
             row = {"loss": loss, "ce": loss_ce, "mse": loss_mse, "lr": lr,
-                   "grad_norm": grad_norm if grad_norm is not None and math.isfinite(grad_norm)
-                   else None, "samples_per_s": rate, "epoch": epoch}
+                   "grad_norm": done.grad_norm, "samples_per_s": rate, "epoch": epoch}
             if scaler.is_enabled():
-                row.update(loss_scale=scaler.get_scale(), skipped=skipped,
+                row.update(loss_scale=scaler.get_scale(), skipped=done.skipped,
                            skipped_steps=skipped_total)
             metrics.write(step, row)
         progress.update(1)
@@ -295,7 +225,7 @@ def _step(model, net, micro, world, autocast, scaler, device, fill: bool = False
         for j, m in enumerate(MODALITIES):
             counts[3 + j] += m in feats
         prepared.append((ids, batch["attention_mask"].to(device), labels, feats, music))
-    counts = _all_sum(counts, world)
+    counts = all_sum(counts, world)
     if fill:
         for ids, _, _, feats, music in prepared:
             _fill(model, feats, music, counts, ids.shape[0])
@@ -312,7 +242,7 @@ def _step(model, net, micro, world, autocast, scaler, device, fill: bool = False
             # DDP and FSDP average gradients over ranks; the sums are global: undo the mean
             scaler.scale((ce + mse) * (world * loss_factor)).backward()
         totals += torch.stack([ce.detach().double(), mse.detach().double()])
-    totals = _all_sum(totals, world)
+    totals = all_sum(totals, world)
     return float(totals[0]), float(totals[1])
 
 
@@ -332,10 +262,3 @@ def _fill(model, feats: dict, music: dict, counts: torch.Tensor, b: int) -> None
                                                  dtype=torch.long, device=dev),
                      music_target=torch.zeros(shape, device=dev),
                      music_mask=torch.zeros(shape, dtype=torch.bool, device=dev))
-
-
-def _progress(cfg: TrainConfig, step: int, rank: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.max_steps, initial=step, disable=rank != 0 or not cfg.progress,
-                desc=f"stage {cfg.stage}", unit="step", dynamic_ncols=True)

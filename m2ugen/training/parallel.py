@@ -23,12 +23,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from m2ugen.errors import ConfigError
-from m2ugen.training.config import TrainConfig
+from m2ugen.training.config import RunConfig
 
 log = logging.getLogger(__name__)
 
 
-def check_hardware(cfg: TrainConfig, device: torch.device, world: int = 1) -> None:
+def check_hardware(cfg: RunConfig, device: torch.device, world: int = 1) -> None:
     """One line, before anything loads, for an option this machine cannot run."""
     if cfg.optimizer == "adamw8bit":
         if device.type != "cuda":
@@ -48,7 +48,7 @@ def check_hardware(cfg: TrainConfig, device: torch.device, world: int = 1) -> No
                           "drop cpu_offload")
 
 
-def wrap(model: nn.Module, cfg: TrainConfig, world: int, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, cfg: RunConfig, world: int, device: torch.device) -> nn.Module:
     """The module the loop calls: the model itself (one process), DDP, or the model
     sharded in place by fully_shard (strategy fsdp); optimizers are made after this."""
     if world == 1:
@@ -78,7 +78,7 @@ def wrap(model: nn.Module, cfg: TrainConfig, world: int, device: torch.device) -
     return model
 
 
-def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW (or bitsandbytes' AdamW8bit), weight decay on matrices only."""
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -89,7 +89,7 @@ def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def make_scaler(cfg: TrainConfig, autocast: torch.dtype | None, device: torch.device,
+def make_scaler(cfg: RunConfig, autocast: torch.dtype | None, device: torch.device,
                 world: int) -> torch.amp.GradScaler:
     """fp16's gradient scaler (disabled otherwise). Sharded gradients need every rank to
     agree on an overflow: FSDP's scaler all-reduces what each rank found."""
@@ -114,7 +114,7 @@ def full_trained(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def optimizer_state(model: nn.Module, optim: torch.optim.Optimizer,
-                    cfg: TrainConfig) -> dict[str, Any]:
+                    cfg: RunConfig) -> dict[str, Any]:
     """What trainer_state saves: DDP's own optimizer state dict, or under FSDP the state
     of each parameter gathered whole and keyed by its name, which any number of ranks can
     load (every rank calls this: the gathers are collectives). Written here rather than
@@ -141,7 +141,7 @@ def _whole(v: Any) -> Any:
 
 
 def load_optimizer_state(model: nn.Module, optim: torch.optim.Optimizer, state: dict[str, Any],
-                         cfg: TrainConfig) -> None:
+                         cfg: RunConfig) -> None:
     """The inverse of `optimizer_state`: each rank keeps its shard of the whole tensors."""
     if cfg.strategy != "fsdp":
         optim.load_state_dict(state)

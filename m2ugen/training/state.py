@@ -84,7 +84,7 @@ def save_checkpoint(model, out: Path, optim, sched, scaler, step: int, epoch: in
                     {"step": step, "epoch": epoch, "batch": batch, "world": world,
                      **(extra or {}), "config": cfg.to_dict()})
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.save_dtype]
-        model.write_model_files(out, metadata={"step": str(step), "stage": str(cfg.stage)},
+        model.write_model_files(out, metadata={"step": str(step), **cfg.file_metadata()},
                                 dtype=dtype, tensors=trained)
     if world > 1:
         dist.barrier()
