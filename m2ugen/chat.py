@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from m2ugen.conversation import Turn, build_prompt_ids
@@ -27,7 +28,7 @@ from m2ugen.generate import (
     generate_batch,
     generate_tokens,
 )
-from m2ugen.media import load_media
+from m2ugen.media import audio_source, load_media
 from m2ugen.music import Judge, MusicResult, MusicSettings, render_music
 
 __all__ = ["ChatRequest", "ChatResult", "ChatSession", "GenerationSettings", "ReplyStream",
@@ -105,6 +106,10 @@ class ChatSession:
     Media attached in a turn stays in the conversation until replaced, so follow-up
     questions about the same song still see it. `judge` ranks music candidates for
     `rerank` (e.g. `m2ugen.eval.judge.ClapJudge.load(hub_id)`); it may be set later.
+
+    The music of a request is the conversation's audio when it is the newest attachment
+    (attached in this turn or earlier, with no picture or video after it): with
+    `source="hear"` the decoder hears it, so an edit keeps the song (music.py).
     """
 
     def __init__(self, model, max_context: int | None = None,
@@ -119,11 +124,17 @@ class ChatSession:
         # forced onto a reply without [AUD] tokens re-runs them (`render`, music="always")
         self._last: tuple[int, list[int], torch.Tensor] | None = None
         self._turns = 0
+        self._attached: list[str] = []  # modalities, the newest attachment last
+        self._source: tuple[np.ndarray, int] | None = None  # the audio, at its own rate
+        self._sources: dict[int, tuple[np.ndarray, int]] = {}  # turn → its request's music
 
     def reset(self) -> None:
         self.history.clear()
         self.media.clear()
         self._last = None
+        self._attached.clear()
+        self._source = None
+        self._sources.clear()
 
     def _record(self, instruction: str, ids: list[int], prompts: torch.Tensor,
                 reply: DecodedReply, seed: int, inputs_used: tuple[str, ...],
@@ -164,6 +175,9 @@ class ChatSession:
         for name, value in (("audio", audio), ("image", image), ("video", video)):
             if value is not None:
                 self.media[name] = load_media(name, value, spec)
+                if name == "audio":
+                    self._source = audio_source(value, spec)
+                self._attached = [m for m in self._attached if m != name] + [name]
         budget = self.max_context - settings.max_new_tokens
         if budget < 2:
             raise ChatError(f"max_new_tokens={settings.max_new_tokens} leaves no room for the "
@@ -175,6 +189,10 @@ class ChatSession:
             prompts = self.model.media_prompts(1, **self.media)
         seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(
             2**31)
+        if self._attached and self._attached[-1] == "audio" and self._source is not None:
+            self._sources[self._turns + 1] = self._source
+        else:
+            self._sources.pop(self._turns + 1, None)
         return ids, prompts, settings, seed, tuple(sorted(self.media)), dropped
 
     def render(self, result: ChatResult, settings: MusicSettings) -> MusicResult | None:
@@ -190,7 +208,7 @@ class ChatSession:
             return None
         hidden = self.audio_states(result)
         result.music = render_music(self.model, hidden, result.text, settings, self.judge,
-                                    result.message)
+                                    result.message, self._sources.get(result.turn))
         return result.music
 
     def audio_states(self, result: ChatResult) -> torch.Tensor:

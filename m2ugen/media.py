@@ -452,8 +452,12 @@ class MediaSpec:
 def load_media(modality: str, source: Any, spec: MediaSpec) -> Any:
     """One entry for every face: a path (str or Path) is loaded the way `spec` asks for
     (audio resampled to the encoder's rate, `num_frames` video frames, RGB images, each
-    within the spec's length limits); an already loaded value (waveform array, PIL image,
-    frame array) is returned as is."""
+    within the spec's length limits); audio given as (waveform, its rate) is resampled; an
+    already loaded value (waveform array at the spec's rate, PIL image, frame array) is
+    returned as is."""
+    if modality == "audio" and isinstance(source, tuple):
+        wave, rate = source
+        return resample_audio(np.asarray(wave, dtype=np.float32), int(rate), spec.sample_rate)
     if not isinstance(source, (str, os.PathLike)):
         return source
     if modality == "audio":
@@ -464,3 +468,14 @@ def load_media(modality: str, source: Any, spec: MediaSpec) -> Any:
         return load_video(source, num_frames=spec.num_frames,
                           max_seconds=spec.max_video_seconds)
     raise MediaError(f"{modality!r} is not a modality; use audio, image or video")
+
+
+def audio_source(source: Any, spec: MediaSpec) -> tuple[np.ndarray, int]:
+    """Audio as a music decoder should hear it: (mono waveform, rate) at the recording's
+    own rate for a path or a (waveform, rate) pair; a bare array is at the spec's rate."""
+    if isinstance(source, tuple):
+        wave, rate = source
+        return np.asarray(wave, dtype=np.float32), int(rate)
+    if isinstance(source, (str, os.PathLike)):
+        return read_audio(source, max_seconds=spec.max_audio_seconds)
+    return np.asarray(source, dtype=np.float32), spec.sample_rate

@@ -9,6 +9,11 @@ Best of N: with `rerank="clap"` the `num_candidates` waveforms (one batched rend
 scored by a judge against the request (or the reply text) and returned best first; the
 judge is passed in (`eval/judge.py` provides the CLAP one), as this module sits below the
 evaluation.
+
+Edits that keep the song: with `source="hear"` (default) and music in the request (the
+newest attachment of the conversation), the decoder also hears that music, resampled to
+its rate (`decoders.EDIT_STRENGTH`: MusicGen continues its start, AudioLDM2 denoises its
+noised latent); `source="ignore"` is the published text-only edit, a new piece.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import numpy as np
 import torch
 
 from m2ugen.errors import ChatError, check_number, check_seed
-from m2ugen.modules.decoders import SCHEDULERS, TARGET_SCALE
+from m2ugen.media import resample_audio
+from m2ugen.modules.decoders import EDIT_STRENGTH, SCHEDULERS, TARGET_SCALE
 
 MUSIC_MODES = ("auto", "always", "never")
 CONDITIONS = ("embedding", "text")
+SOURCE_MODES = ("hear", "ignore")  # does the decoder hear the request's music (an edit)?
 MAX_SECONDS = 300.0
 MAX_GUIDANCE = 100.0  # published 3.5; far beyond ~20 the decoders only add artefacts
 RERANKERS = ("none", "clap")  # the judges best-of-N can use (`Judge.name`)
@@ -58,6 +65,8 @@ class MusicSettings:
     num_candidates: int = 1
     rerank: str = "none"  # none, or clap: order the candidates by a judge's score
     rerank_against: str = "request"  # the user's message, or the reply text
+    source: str = "hear"  # hear: an edit keeps the song (module docstring); ignore: published
+    edit_strength: float = EDIT_STRENGTH  # how much of the piece is new, (0, 1]
 
     def validate(self, name: Callable[[str], str] = str) -> None:
         """Raise ChatError on a value no music can be made with (NaN, ±inf, out of range,
@@ -68,6 +77,11 @@ class MusicSettings:
         if not isinstance(self.condition, str) or self.condition not in CONDITIONS:
             raise ChatError(f"{name('condition')}={self.condition!r}: use one of "
                             f"{', '.join(CONDITIONS)}")
+        if not isinstance(self.source, str) or self.source not in SOURCE_MODES:
+            raise ChatError(f"{name('source')}={self.source!r}: use one of "
+                            f"{', '.join(SOURCE_MODES)}")
+        self.edit_strength = check_number(self.edit_strength, name("edit_strength"),
+                                          above=0.0, maximum=1.0, error=ChatError)
         if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
             raise ChatError(f"{name('scheduler')}={self.scheduler!r}: use one of "
                             f"{', '.join(SCHEDULERS)}")
@@ -98,7 +112,9 @@ class MusicSettings:
 
 @dataclass
 class MusicResult:
-    """Rendered music: `waveforms` (candidates, samples) float32 at `sample_rate`.
+    """Rendered music: `waveforms` (candidates, samples) float32 at `sample_rate`, or
+    (candidates, samples, 2) from a stereo decoder — each candidate as soundfile and
+    `save_audio` take it, (samples,) or (samples, channels).
 
     Reranked (`rerank` not none), the candidates are best first: `scores[k]` is the judge's
     score of `waveforms[k]` (descending) and `ranking[k]` the render index it had.
@@ -114,16 +130,24 @@ class MusicResult:
     ranking: tuple[int, ...] | None = None  # render index of each candidate, best first
     judge: str | None = None  # the judge's hub id or directory
     judged_text: str | None = None  # the text the candidates were scored against
+    source_heard: bool = False  # the decoder heard the request's music (an edit)
+    edit_strength: float | None = None  # with source_heard
 
     @property
     def waveform(self) -> np.ndarray:
-        """The first candidate (samples,)."""
+        """The first candidate (samples,), stereo (samples, 2)."""
         return self.waveforms[0]
+
+    @property
+    def channels(self) -> int:
+        """1 (mono) or 2 (stereo)."""
+        return 1 if self.waveforms.ndim == 2 else int(self.waveforms.shape[-1])
 
 
 def render_music(model, audio_hidden: torch.Tensor, text: str,
                  settings: MusicSettings, judge: Judge | None = None,
-                 request: str = "") -> MusicResult:
+                 request: str = "", source: tuple[np.ndarray, int] | None = None
+                 ) -> MusicResult:
     """Render `settings.num_candidates` waveforms for one reply (best first when reranked).
 
     Args:
@@ -132,27 +156,37 @@ def render_music(model, audio_hidden: torch.Tensor, text: str,
         text: the reply text (prompts the decoder when condition="text").
         judge: scores the candidates when `settings.rerank` is not none.
         request: the user's message (what the judge hears against, rerank_against="request").
+        source: (mono waveform, its rate): the request's music, which the decoder hears
+            when settings.source == "hear" (an edit that keeps the song).
     """
     settings.validate()
     judged = _judged_text(settings, judge, text, request)  # before the slow render
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
     decoder = model.load_decoder()  # loaded once, when music is first asked for
     n = settings.num_candidates
+    sources = None
+    if source is not None and settings.source == "hear":
+        wave, rate = source
+        sources = [resample_audio(np.asarray(wave, dtype=np.float32), int(rate),
+                                  decoder.sample_rate)] * n
+    edit = {"sources": sources, "edit_strength": settings.edit_strength}
     conditioning = None
     if settings.condition == "embedding":
         with torch.no_grad():
             conditioning = model.project(audio_hidden[None]) / TARGET_SCALE  # (1, N, W)
         waves = decoder.generate(conditioning.expand(n, -1, -1), settings.seconds,
-                                 settings.guidance, seed, settings.steps, settings.scheduler)
+                                 settings.guidance, seed, settings.steps, settings.scheduler,
+                                 **edit)
     else:
         if not text.strip():
             raise ChatError("condition=text needs reply text, and the reply is empty; "
                             "use condition=embedding")
         waves = decoder.generate_from_text([text] * n, settings.seconds, settings.guidance,
-                                           seed, settings.steps, settings.scheduler)
+                                           seed, settings.steps, settings.scheduler, **edit)
     result = MusicResult(waveforms=waves, sample_rate=decoder.sample_rate,
                          condition=settings.condition, seconds=settings.seconds, seed=seed,
-                         conditioning=conditioning)
+                         conditioning=conditioning, source_heard=sources is not None,
+                         edit_strength=settings.edit_strength if sources is not None else None)
     if judged is None:
         return result
     assert judge is not None  # _judged_text checked it

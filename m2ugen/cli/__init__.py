@@ -32,8 +32,8 @@ from m2ugen.errors import M2UGenError
 
 __all__ = ["OneLineParser", "build_parser", "flag_name", "main", "setup_logging"]
 
-_MODEL_HELP = ("model directory or preset (tiny, tiny-trained, musicgen-small, musicgen-medium, "
-               "audioldm2); default: tiny")
+_MODEL_HELP = ("model directory or preset (tiny, tiny-trained, tiny-stereo, musicgen-small, "
+               "musicgen-medium, musicgen-stereo-small|medium|large, audioldm2); default: tiny")
 _TRUST_HELP = ("let a MERT whose config needs its own Python code (auto_map) run that code; "
                "only for model directories you trust")
 _FORCE_HELP = ("write into a non-empty directory that is not an m2ugen model directory (only "
@@ -74,6 +74,14 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
                    help="AudioLDM2 denoising steps (default 20 with dpm++, 200 with ddim)")
     p.add_argument("--scheduler", choices=["dpm++", "ddim"], default="dpm++",
                    help=_SCHEDULER_HELP)
+    p.add_argument("--source", choices=["hear", "ignore"], default="hear",
+                   help="with --audio, whether the music decoder also hears that music, so an "
+                        "edit keeps the song (hear, default), or only the reply (ignore: the "
+                        "published text-only edit, a new piece)")
+    p.add_argument("--edit-strength", type=float, default=None, metavar="S",
+                   help="how much of an edit is new, 0 < S <= 1 (default 0.6): "
+                        "MusicGen continues the source's first (1 - S) of the length, "
+                        "AudioLDM2 re-noises the source to S of its schedule; 1 = a new piece")
     p.add_argument("--num-candidates", type=int, default=1, help="how many versions to render")
     p.add_argument("--rerank", choices=["none", "clap"], default="none",
                    help="order the candidates by a judge's score, best first (clap: the CLAP "

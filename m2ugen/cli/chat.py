@@ -28,7 +28,7 @@ def _load_attachments(args: argparse.Namespace) -> dict[str, Any]:
     """--audio / --image / --video → {modality: loaded value}, before the model loads: the
     model's media spec (audio rate, video frames) comes from its config files alone."""
     from m2ugen.config import MODALITIES
-    from m2ugen.media import load_media
+    from m2ugen.media import load_media, read_audio
     from m2ugen.model import M2UGen
 
     paths = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
@@ -37,7 +37,10 @@ def _load_attachments(args: argparse.Namespace) -> dict[str, Any]:
     if not paths:
         return {}
     spec = M2UGen.read_media_spec(args.model)
-    return {modality: load_media(modality, path, spec) for modality, path in paths.items()}
+    # audio at its own rate (the encoder resamples it; a decoder that hears it, an edit,
+    # gets the recording's full quality)
+    return {modality: read_audio(path, spec.max_audio_seconds) if modality == "audio"
+            else load_media(modality, path, spec) for modality, path in paths.items()}
 
 
 def _check_out(out: Path, writing: bool) -> None:
@@ -80,7 +83,8 @@ def _reply(session, message: str, media: dict, settings, music, out: Path) -> No
     for path, wave in zip(paths, rendered.waveforms, strict=True):
         save_audio(path, wave, rendered.sample_rate)
     used = ", ".join(result.inputs_used) or "text only"
-    print(f"wrote {', '.join(map(str, paths))} ({rendered.seconds:g} s at "
+    stereo = " stereo" if rendered.channels == 2 else ""
+    print(f"wrote {', '.join(map(str, paths))} ({rendered.seconds:g} s{stereo} at "
           f"{rendered.sample_rate} Hz, condition={rendered.condition}, inputs: {used}, "
           f"seed {rendered.seed})", file=sys.stderr)
     if rendered.scores is not None:
@@ -157,7 +161,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     music = MusicSettings(music=args.music, condition=args.condition, seconds=args.seconds,
                           guidance=args.guidance, steps=args.steps, scheduler=args.scheduler,
                           seed=args.seed, num_candidates=args.num_candidates,
-                          rerank=args.rerank, rerank_against=args.rerank_against)
+                          rerank=args.rerank, rerank_against=args.rerank_against,
+                          source=args.source)
+    if args.edit_strength is not None:  # else the decoders' EDIT_STRENGTH
+        music.edit_strength = args.edit_strength
     music.validate(flag_name)
     if args.batch is not None:  # many requests from a file (cli/batch.py)
         return _cmd_batch(args, settings, music)

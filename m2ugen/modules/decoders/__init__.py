@@ -30,6 +30,12 @@ AUDIOLDM2_GPT2_TOKENS = 8  # the pipeline's language model generates 8 states
 SCHEDULERS = ("dpm++", "ddim")
 SCHEDULER_STEPS = {"dpm++": 20, "ddim": 200}
 
+# Edits that keep the song: the decoder also hears the source music. `edit_strength` s in
+# (0, 1] is how much of the piece is new: MusicGen continues the source's first (1 - s) of
+# the length (its audio prompt); AudioLDM2 noises the source's latent to the fraction s of
+# its schedule and denoises it under the new conditioning (SDEdit); s = 1 ignores it.
+EDIT_STRENGTH = 0.6
+
 
 def musicgen_cond_shape(t5_width: int) -> tuple[int, int]:
     """(N, W) the projector makes for MusicGen: (128, T5 width)."""
@@ -79,18 +85,34 @@ class MusicDecoder(ABC):
 
     @abstractmethod
     def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float,
-                 seed: int, steps: int | None = None,
-                 scheduler: str | None = None) -> np.ndarray:
-        """Conditioning (B, N, W) (already ÷ 10) → waveforms (B, samples) float32.
+                 seed: int, steps: int | None = None, scheduler: str | None = None,
+                 sources: list[np.ndarray] | None = None,
+                 edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
+        """Conditioning (B, N, W) (already ÷ 10) → waveforms (B, samples) float32, or
+        (B, samples, 2) from a stereo decoder (MusicGen with `audio_channels=2`).
 
         `scheduler` (one of SCHEDULERS; None: the first) and `steps` (None: its
-        SCHEDULER_STEPS) choose a diffusion decoder's sampler; MusicGen ignores both."""
+        SCHEDULER_STEPS) choose a diffusion decoder's sampler; MusicGen ignores both.
+        `sources`: B mono waveforms at `sample_rate` the decoder hears (an edit that keeps
+        the song, `EDIT_STRENGTH`); None: it hears only the conditioning."""
 
     @abstractmethod
     def generate_from_text(self, texts: list[str], seconds: float, guidance: float,
                            seed: int, steps: int | None = None,
-                           scheduler: str | None = None) -> np.ndarray:
+                           scheduler: str | None = None,
+                           sources: list[np.ndarray] | None = None,
+                           edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
         """The published behaviour: prompt the decoder with text → waveforms (B, samples)."""
+
+    @abstractmethod
+    def reconstruct(self, sources: list[np.ndarray], seconds: float) -> np.ndarray:
+        """What the decoder hears of `sources`: each through its own autoencoder (MusicGen:
+        EnCodec codes; AudioLDM2: mel → VAE latent) and back → (B, samples). An edit that
+        keeps the song starts from this, so it is the fair reference for how much is kept."""
+
+    def fit_source(self, source: np.ndarray, seconds: float) -> np.ndarray:
+        """A source waveform cut or zero-padded to exactly `seconds` (samples,)."""
+        return self.fit_length(np.asarray(source, dtype=np.float32).reshape(1, -1), seconds)[0]
 
     def fit_length(self, audio: np.ndarray, seconds: float) -> np.ndarray:
         """Cut or zero-pad (B, samples) to exactly `seconds`."""
@@ -104,10 +126,16 @@ class MusicDecoder(ABC):
 def load_decoder(kind: str, path: str, device: torch.device, dtype: torch.dtype) -> MusicDecoder:
     """Load the decoder named by the config's `decoder` kind and `decoder_path`."""
     if kind == "musicgen":
+        from transformers import AutoConfig
+
         from m2ugen.modules.decoders.musicgen import MusicGenDecoder
+        from m2ugen.modules.decoders.musicgen_melody import MusicGenMelodyDecoder
 
         with loading("music decoder (MusicGen)", path):
-            return MusicGenDecoder.from_pretrained(path, device, dtype)
+            # MusicGen-Melody is the same kind with another architecture: told by its config
+            melody = AutoConfig.from_pretrained(path).model_type == "musicgen_melody"
+            cls = MusicGenMelodyDecoder if melody else MusicGenDecoder
+            return cls.from_pretrained(path, device, dtype)
     if kind == "audioldm2":
         from m2ugen.modules.decoders.audioldm2 import AudioLDM2Decoder
 

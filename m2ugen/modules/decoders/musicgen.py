@@ -11,6 +11,10 @@ first window is today's single pass; each next window is conditioned on the same
 continues the piece's last `CONTEXT_FRACTION` × window of codes (the audio prompt, given as
 `decoder_input_ids`), adding the rest of a window of new codes. The codes are stitched at
 token level and decoded by EnCodec in one pass, so there is no seam in the waveform.
+
+Edits that keep the song (`sources`): the source's first (1 - edit_strength) of the length
+is encoded by EnCodec and given as the audio prompt, so the piece starts as the source
+does and continues under the new conditioning (window by window when it is long).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutput
 
-from m2ugen.modules.decoders import MUSICGEN_TOKENS, TARGET_SCALE, MusicDecoder, musicgen_cond_shape
+from m2ugen.modules.decoders import (
+    EDIT_STRENGTH,
+    MUSICGEN_TOKENS,
+    TARGET_SCALE,
+    MusicDecoder,
+    musicgen_cond_shape,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,8 @@ class MusicGenDecoder(MusicDecoder):
     def __init__(self, model: MusicgenForConditionalGeneration, processor) -> None:
         self.model = model.eval()
         self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.audio_features = processor.feature_extractor  # EnCodec's: audio → input values
 
     @classmethod
     def from_pretrained(cls, path: str, device: torch.device,
@@ -73,7 +85,19 @@ class MusicGenDecoder(MusicDecoder):
 
     @property
     def num_codebooks(self) -> int:
+        """All the decoder's codebooks: a stereo MusicGen interleaves left and right (2K)."""
         return int(self.model.decoder.config.num_codebooks)
+
+    @property
+    def channels(self) -> int:
+        """1 (mono) or 2 (stereo: codebooks 0, 2, … are the left channel, 1, 3, … the right,
+        each decoded by the mono EnCodec; transformers' `audio_channels`)."""
+        return int(self.model.decoder.config.audio_channels)
+
+    @property
+    def _delays(self) -> int:
+        """Codebooks per channel: the delay pattern staggers these (K − 1 extra steps)."""
+        return self.num_codebooks // self.channels
 
     @property
     def window_seconds(self) -> float:
@@ -85,7 +109,7 @@ class MusicGenDecoder(MusicDecoder):
         return musicgen_cond_shape(self.model.text_encoder.config.d_model)
 
     def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.processor.tokenizer(texts, padding="max_length", max_length=MUSICGEN_TOKENS,
+        enc = self.tokenizer(texts, padding="max_length", max_length=MUSICGEN_TOKENS,
                                        truncation=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
@@ -98,7 +122,7 @@ class MusicGenDecoder(MusicDecoder):
 
     def _max_new_tokens(self, seconds: float) -> int:
         # the delay pattern costs K − 1 steps: codes T = max_new_tokens + 1 − K
-        return int(round(seconds * self.frame_rate)) + self.num_codebooks - 1
+        return int(round(seconds * self.frame_rate)) + self._delays - 1
 
     def _rng(self):
         return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
@@ -125,58 +149,119 @@ class MusicGenDecoder(MusicDecoder):
         extra = {}
         if prompt is not None:
             extra["decoder_input_ids"] = prompt.reshape(batch * k, -1)
-        self.model.generate(**inputs, **extra, max_new_tokens=frames + k - 1,
+        self.model.generate(**inputs, **extra, max_new_tokens=frames + self._delays - 1,
                             stopping_criteria=StoppingCriteriaList([record]))
         p = 0 if prompt is None else prompt.shape[-1]
         total = p + frames
-        # delayed layout: codebook c's frame t sits at position t + 1 + c (position 0: start)
+        # delayed layout: codebook c's frame t sits at position t + 1 + d (position 0:
+        # start), d = c, or c // 2 in stereo (a left and a right codebook share each delay)
         ids = record.ids.reshape(batch, k, -1)
-        codes = torch.stack([ids[:, c, 1 + c: 1 + c + total] for c in range(k)], dim=1)
+        ch = self.channels
+        codes = torch.stack([ids[:, c, 1 + c // ch: 1 + c // ch + total] for c in range(k)],
+                            dim=1)
         if prompt is not None:  # generate() forces the prompt; the raw ids may not hold it
             codes[:, :, :p] = prompt
         return codes
 
-    def _long(self, inputs: dict, batch: int, seconds: float) -> np.ndarray:
-        """Windowed continuation (module docstring); the caller holds the seeded RNG."""
+    def _long(self, inputs: dict, batch: int, seconds: float,
+              prompt: torch.Tensor | None = None) -> np.ndarray:
+        """Windowed continuation (module docstring) of `prompt` (B, K, P) codes or of
+        nothing; the caller holds the seeded RNG. The first window continues the whole
+        prompt, the next ones the last CONTEXT_FRACTION of a window."""
         frame_rate = self.frame_rate
         window = max(2, int(round(self.window_seconds * frame_rate)))
         context = max(1, int(round(CONTEXT_FRACTION * window)))
         total = int(math.ceil(seconds * frame_rate))
-        n_windows = 1 + math.ceil(max(0, total - window) / (window - context))
-        codes = self._codes(inputs, batch, window, None)
-        log.info("music window 1/%d (%.1f s)", n_windows, window / frame_rate)
-        i = 1
-        while codes.shape[-1] < total:
-            i += 1
-            new = min(window - context, total - codes.shape[-1])
-            step = self._codes(inputs, batch, new, codes[:, :, -context:])
-            codes = torch.cat([codes, step[:, :, context:]], dim=-1)
+        have = 0 if prompt is None else prompt.shape[-1]
+        first = min(window - min(have, window - 1), total - have)
+        n_windows = 1 + math.ceil(max(0, total - have - first) / (window - context))
+        codes = prompt
+        for i in range(1, n_windows + 1):
+            have = 0 if codes is None else codes.shape[-1]
+            keep = min(have, window - 1) if i == 1 else context
+            new = min(window - keep, total - have)
+            step = self._codes(inputs, batch, new, codes[:, :, have - keep:] if keep else None)
+            codes = step if codes is None else torch.cat([codes, step[:, :, keep:]], dim=-1)
             log.info("music window %d/%d (%.1f of %.1f s)", i, n_windows,
                      codes.shape[-1] / frame_rate, seconds)
-        audio = self.model.audio_encoder.decode(codes[None], [None] * batch).audio_values
-        return self.fit_length(audio[:, 0].float().cpu().numpy(), seconds)
+        return self._decode(codes, seconds)
+
+    def _decode(self, codes: torch.Tensor, seconds: float) -> np.ndarray:
+        """(B, K, T) codes → waveforms exactly `seconds` long (`_output`); stereo: each
+        channel's codebooks through EnCodec, as transformers' generate() does."""
+        ch = self.channels
+        audio = torch.cat([self.model.audio_encoder.decode(
+            codes[None, :, c::ch], [None] * codes.shape[0]).audio_values for c in range(ch)],
+            dim=1)  # (B, channels, samples)
+        return self._output(audio, seconds)
+
+    def _output(self, audio: torch.Tensor, seconds: float) -> np.ndarray:
+        """(B, channels, samples) decoder audio → (B, samples) mono or (B, samples, 2)
+        stereo float32 (MusicDecoder.generate's convention), exactly `seconds` long."""
+        wav = audio.float().cpu().numpy()
+        if wav.shape[1] == 1:
+            return self.fit_length(wav[:, 0], seconds)
+        return np.stack([self.fit_length(wav[:, c], seconds) for c in range(wav.shape[1])],
+                        axis=-1)
+
+    def _encode(self, sources: list[np.ndarray], seconds: float) -> torch.Tensor:
+        """(B, K, frames) EnCodec codes of the sources, each cut or padded to `seconds`;
+        stereo: the (mono) source's codes for both channels, interleaved, as transformers'
+        MusicGen turns a mono audio prompt into a stereo one."""
+        clips = [self.fit_source(s, seconds) for s in sources]
+        feats = self.audio_features(clips, sampling_rate=self.sample_rate, return_tensors="pt")
+        dtype = next(self.model.parameters()).dtype
+        values = feats["input_values"].to(self.device, dtype)
+        codes = self.model.audio_encoder.encode(values, feats.get("padding_mask")).audio_codes
+        frames = int(math.ceil(seconds * self.frame_rate))
+        codes = codes[0, :, :, :frames]  # (1 chunk, B, K, T) → (B, K, frames)
+        return codes.repeat_interleave(self.channels, dim=1)  # (B, channels·K, frames)
+
+    def _prompt(self, sources: list[np.ndarray] | None, batch: int, seconds: float,
+                edit_strength: float) -> torch.Tensor | None:
+        """The audio prompt of an edit: codes of the sources' first (1 - s) × seconds."""
+        if sources is None:
+            return None
+        if len(sources) != batch:
+            raise ValueError(f"{len(sources)} sources for a batch of {batch}")
+        total = int(math.ceil(seconds * self.frame_rate))
+        frames = min(int(round((1.0 - edit_strength) * total)), total - 1)
+        if frames < 1:  # strength 1 (or a piece of one frame): nothing of the source is kept
+            return None
+        return self._encode(sources, frames / self.frame_rate)[:, :, :frames]
+
+    @torch.no_grad()
+    def reconstruct(self, sources: list[np.ndarray], seconds: float) -> np.ndarray:
+        return self._decode(self._encode(sources, seconds), seconds)
+
+    def _render(self, inputs: dict, batch: int, seconds: float,
+                prompt: torch.Tensor | None) -> np.ndarray:
+        """One pass when it fits a window and continues nothing, else `_long`."""
+        if prompt is None and seconds <= self.window_seconds:
+            audio = self.model.generate(**inputs, max_new_tokens=self._max_new_tokens(seconds))
+            return self._output(audio, seconds)
+        return self._long(inputs, batch, seconds, prompt)
 
     @torch.no_grad()
     def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float, seed: int,
-                 steps: int | None = None, scheduler: str | None = None) -> np.ndarray:
+                 steps: int | None = None, scheduler: str | None = None,
+                 sources: list[np.ndarray] | None = None,
+                 edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
         b = conditioning.shape[0]
         inputs = self._external(conditioning, guidance)
+        prompt = self._prompt(sources, b, seconds, edit_strength)
         with self._rng():
             torch.manual_seed(seed)
-            if seconds > self.window_seconds:
-                return self._long(inputs, b, seconds)
-            audio = self.model.generate(**inputs, max_new_tokens=self._max_new_tokens(seconds))
-        return self.fit_length(audio[:, 0].float().cpu().numpy(), seconds)
+            return self._render(inputs, b, seconds, prompt)
 
     @torch.no_grad()
     def generate_from_text(self, texts: list[str], seconds: float, guidance: float, seed: int,
-                           steps: int | None = None,
-                           scheduler: str | None = None) -> np.ndarray:
-        enc = self.processor(text=texts, padding=True, return_tensors="pt").to(self.device)
+                           steps: int | None = None, scheduler: str | None = None,
+                           sources: list[np.ndarray] | None = None,
+                           edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         inputs = {**enc, "do_sample": True, "guidance_scale": guidance if guidance > 1 else None}
+        prompt = self._prompt(sources, len(texts), seconds, edit_strength)
         with self._rng():
             torch.manual_seed(seed)
-            if seconds > self.window_seconds:
-                return self._long(inputs, len(texts), seconds)
-            audio = self.model.generate(**inputs, max_new_tokens=self._max_new_tokens(seconds))
-        return self.fit_length(audio[:, 0].float().cpu().numpy(), seconds)
+            return self._render(inputs, len(texts), seconds, prompt)
