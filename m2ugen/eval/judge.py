@@ -45,10 +45,10 @@ class ClapJudge:
 
     def score(self, text: str, waveforms: np.ndarray, sample_rate: int) -> np.ndarray:
         """(candidates,) float32: each waveform (candidates, samples) against `text`.
-        Stereo candidates (candidates, channels, samples) are heard as their mono mix."""
+        Stereo candidates (candidates, samples, channels) are heard as their mono mix."""
         waves = np.asarray(waveforms, dtype=np.float32)
         if waves.ndim == 3:
-            waves = waves.mean(axis=1)
+            waves = waves.mean(axis=-1)
         audio = self.embedder.audio([Audio(w, sample_rate) for w in waves])  # (N, d)
         caption = self.embedder.text([text]).expand(len(audio), -1)  # (N, d)
         return am.clap_scores(caption, audio).numpy().astype(np.float32)

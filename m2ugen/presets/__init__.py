@@ -2,7 +2,8 @@
 
 The hub presets name the base components only; their trained tensors come from a model
 directory (training output or `m2ugen convert-original`). `tiny` is special: it is built
-on first use into `<ckpts>/tiny` by `m2ugen.presets.tiny`, random weights, all components local.
+on first use into `<ckpts>/tiny` by `m2ugen.presets.tiny`, random weights, all components local
+(`tiny-stereo`: the same with a stereo MusicGen, into `<ckpts>/tiny-stereo`).
 `tiny-trained` likewise into `<ckpts>/tiny-trained`: the tiny components trained on
 synthetic data (`m2ugen.presets.tiny_trained`; minutes, once).
 """
@@ -41,6 +42,20 @@ def musicgen_medium() -> M2UGenConfig:
     return _hub("musicgen-medium", "musicgen", "facebook/musicgen-medium")
 
 
+# Stereo MusicGen (transformers: the decoder's audio_channels=2, 8 interleaved codebooks);
+# the same T5-base conditioning, so the same projector shape as the mono checkpoints
+def musicgen_stereo_small() -> M2UGenConfig:
+    return _hub("musicgen-stereo-small", "musicgen", "facebook/musicgen-stereo-small")
+
+
+def musicgen_stereo_medium() -> M2UGenConfig:
+    return _hub("musicgen-stereo-medium", "musicgen", "facebook/musicgen-stereo-medium")
+
+
+def musicgen_stereo_large() -> M2UGenConfig:
+    return _hub("musicgen-stereo-large", "musicgen", "facebook/musicgen-stereo-large")
+
+
 def audioldm2() -> M2UGenConfig:
     # audioldm2-music: T5 states 1024 wide, GPT-2 states 768 wide
     return _hub("audioldm2", "audioldm2", "cvssp/audioldm2-music",
@@ -50,9 +65,12 @@ def audioldm2() -> M2UGenConfig:
 HUB_PRESETS: dict[str, Callable[[], M2UGenConfig]] = {
     "musicgen-small": musicgen_small,
     "musicgen-medium": musicgen_medium,
+    "musicgen-stereo-small": musicgen_stereo_small,
+    "musicgen-stereo-medium": musicgen_stereo_medium,
+    "musicgen-stereo-large": musicgen_stereo_large,
     "audioldm2": audioldm2,
 }
-PRESET_NAMES = ("tiny", "tiny-audioldm2", "tiny-trained", *HUB_PRESETS)
+PRESET_NAMES = ("tiny", "tiny-audioldm2", "tiny-stereo", "tiny-trained", *HUB_PRESETS)
 
 
 def ckpts_dir() -> Path:
@@ -88,6 +106,9 @@ def resolve_model(name_or_dir: str | Path, *,
     if text in ("tiny", "tiny-audioldm2"):
         decoder = "musicgen" if text == "tiny" else "audioldm2"
         path = ensure_tiny(tiny_dir(decoder), decoder=decoder, model_cls=model_cls)
+        return M2UGenConfig.load(path), path
+    if text == "tiny-stereo":
+        path = ensure_tiny(ckpts_dir() / text, model_cls=model_cls, channels=2)
         return M2UGenConfig.load(path), path
     if text == "tiny-trained":
         path = ensure_tiny_trained(ckpts_dir() / "tiny-trained")

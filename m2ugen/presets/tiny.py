@@ -114,9 +114,12 @@ def _save_encoders(root: Path) -> dict[str, int]:
             "vivit_tokens": 65, "vivit_dim": 32, "video_frames": 8}
 
 
-def _save_decoder(root: Path, decoder: str, corpus: list[str], seed: int) -> dict[str, int]:
-    build = build_tiny_musicgen if decoder == "musicgen" else build_tiny_audioldm2
-    build(root / decoder, corpus, seed)
+def _save_decoder(root: Path, decoder: str, corpus: list[str], seed: int,
+                  channels: int = 1) -> dict[str, int]:
+    if decoder == "musicgen":
+        build_tiny_musicgen(root / decoder, corpus, seed, channels=channels)
+    else:
+        build_tiny_audioldm2(root / decoder, corpus, seed)
     tokens, dim = cond_shape_from_configs(
         decoder, lambda sub: json.loads((root / decoder / sub / "config.json").read_text()))
     return {"projector_tokens": tokens, "projector_dim": dim}
@@ -144,8 +147,9 @@ def _randomize_trained(model, seed: int) -> None:
 
 
 def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
-               force: bool = False, *, model_cls: type) -> Path:
-    """Write the tiny preset's model directory to `out`. Deterministic per seed.
+               force: bool = False, *, model_cls: type, channels: int = 1) -> Path:
+    """Write the tiny preset's model directory to `out`. Deterministic per seed;
+    `channels=2`: a stereo MusicGen (`tiny-stereo`).
 
     `out` may be new, empty or a model directory (only our files in it are replaced); any
     other non-empty directory needs `force` (checkpoint.model_directory).
@@ -164,13 +168,16 @@ def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
                               bos_token_id=1, eos_token_id=2)
         LlamaForCausalLM(llm_cfg).save_pretrained(root / "llm")
         dims = _save_encoders(root)
-        dims |= _save_decoder(root, decoder, corpus, seed)
-        config = M2UGenConfig(name=f"tiny-{decoder}", llm="llm", tokenizer="tokenizer",
+        dims |= _save_decoder(root, decoder, corpus, seed, channels)
+        extra = {"tiny_version": TINY_VERSION, "seed": seed}
+        if channels != 1:  # mono directories built before this field stay current
+            extra["channels"] = channels
+        config = M2UGenConfig(name="tiny-stereo" if channels == 2 else f"tiny-{decoder}",
+                              llm="llm", tokenizer="tokenizer",
                               mert="mert", vit="vit", vivit="vivit", decoder=decoder,
                               decoder_path=decoder, llm_dim=64, query_layers=1, lora_rank=4,
                               lora_alpha=4, projector_width=64, projector_layers=2,
-                              projector_ffn=128, extra={"tiny_version": TINY_VERSION, "seed": seed},
-                              **dims)
+                              projector_ffn=128, extra=extra, **dims)
         config.save(root)
         model = model_cls.from_pretrained(root, dtype=torch.float32, warn_untrained=False,
                                           decoder=False)  # only its trained tensors are drawn
@@ -183,26 +190,27 @@ def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
     return out
 
 
-def is_current_tiny(path: Path) -> bool:
+def is_current_tiny(path: Path, channels: int = 1) -> bool:
     try:
         cfg = json.loads((path / "m2ugen.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return cfg.get("extra", {}).get("tiny_version") == TINY_VERSION and \
-        (path / TRAINED_NAME).is_file()
+    extra = cfg.get("extra", {})
+    return extra.get("tiny_version") == TINY_VERSION and \
+        extra.get("channels", 1) == channels and (path / TRAINED_NAME).is_file()
 
 
 def ensure_tiny(path: Path, decoder: str = "musicgen", seed: int = 0, *,
-                model_cls: type) -> Path:
+                model_cls: type, channels: int = 1) -> Path:
     """Return `path`, building the tiny preset there first if it is missing or stale.
 
     `model_cls` (M2UGen) assembles the components to draw the trained tensors; it is passed
     in because the model's loader calls this module, which must not import the model back.
     """
-    if not is_current_tiny(path):
+    if not is_current_tiny(path, channels):
         if path.exists():
             log.info("%s is an outdated tiny preset; rebuilding", path)
         log.warning("building the tiny preset into %s (first use, offline, ~10 s)", path)
-        build_tiny(path, decoder=decoder, seed=seed, model_cls=model_cls)
+        build_tiny(path, decoder=decoder, seed=seed, model_cls=model_cls, channels=channels)
     return path
 

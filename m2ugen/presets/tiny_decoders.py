@@ -127,13 +127,16 @@ def _tune_encodec(audio_encoder: torch.nn.Module, generator: torch.Generator) ->
                 module.bias.zero_()
 
 
-def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0) -> None:
+def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0,
+                        channels: int = 1) -> None:
     """Write a tiny random `MusicgenForConditionalGeneration` + `MusicgenProcessor` to `out_dir`.
 
     T5 encoder (width 48) → `enc_to_dec_proj` → decoder (width 32, K=4 codebooks of 64
     codes, pad = bos = decoder start = 64) → EnCodec at 32 kHz with hop 640 (50 frames/s).
     The codebooks are filled with random codewords so the audio depends on the codes, and
     the decoder is initialised at std 0.2 so changing the caption changes the sampled codes.
+    `channels=2` is stereo as facebook/musicgen-stereo-* are: the decoder has
+    `audio_channels=2` and 2K codebooks (left and right interleaved), EnCodec stays mono.
     """
     from transformers import (
         EncodecConfig,
@@ -165,8 +168,9 @@ def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0) -> None
     decoder_cfg = MusicgenDecoderConfig(
         vocab_size=MUSICGEN_CODEBOOK_SIZE, max_position_embeddings=2048, num_hidden_layers=2,
         ffn_dim=64, num_attention_heads=2, hidden_size=MUSICGEN_HIDDEN,
-        num_codebooks=MUSICGEN_CODEBOOKS, pad_token_id=MUSICGEN_CODEBOOK_SIZE,
-        bos_token_id=MUSICGEN_CODEBOOK_SIZE, initializer_factor=MUSICGEN_INIT)
+        num_codebooks=MUSICGEN_CODEBOOKS * channels, audio_channels=channels,
+        pad_token_id=MUSICGEN_CODEBOOK_SIZE, bos_token_id=MUSICGEN_CODEBOOK_SIZE,
+        initializer_factor=MUSICGEN_INIT)
     config = MusicgenConfig(text_encoder=text_cfg, audio_encoder=audio_cfg, decoder=decoder_cfg,
                             initializer_factor=MUSICGEN_INIT)
     config.window_seconds = MUSICGEN_WINDOW_SECONDS  # read by MusicGenDecoder.window_seconds
