@@ -125,20 +125,22 @@ def collate_clips(items: list[dict], field: str) -> dict:
             "captions": [it["caption"] for it in items]}
 
 
-def _key(kind: str, ref: str, seconds: float, path: Path) -> str:
+def _key(kind: str, ref: str, dtype: torch.dtype, seconds: float, path: Path) -> str:
     st = path.stat()
     text = (f"{kind}|{Path(ref).resolve() if Path(ref).exists() else ref}|{fingerprint(ref)}|"
-            f"{seconds}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+            f"{dtype}|{seconds}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
     return f"{_FIELD[kind]}-" + hashlib.sha1(text.encode()).hexdigest()
 
 
 def cache_clips(decoder, records: list[AudioCaption], cfg: DecoderTrainConfig, ref: str,
                 root: Path, rank: int, world: int) -> tuple[list[dict], list[BadRecord]]:
     """Encode every clip once (rank 0; the others wait and read): EnCodec codes or VAE
-    latent parameters, keyed by the decoder, the clip length and the file's identity.
+    latent parameters, keyed by the decoder, its dtype, the clip length and the file's
+    identity.
     A file that does not decode is a bad record."""
     kind = decoder.kind
-    keys = [_key(kind, ref, cfg.clip_seconds, r.audio) for r in records]
+    dtype = next(p for _, p in decoder_parameters(decoder) if not p.requires_grad).dtype
+    keys = [_key(kind, ref, dtype, cfg.clip_seconds, r.audio) for r in records]
     bad: list[BadRecord] = []
     if rank == 0:
         cache = FeatureCache(root)

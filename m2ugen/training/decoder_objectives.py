@@ -37,6 +37,7 @@ from torch import nn
 from transformers.audio_utils import mel_filter_bank
 from transformers.modeling_outputs import BaseModelOutput
 
+from m2ugen.errors import ConfigError
 from m2ugen.modules.decoders import MUSICGEN_TOKENS
 
 # AudioLDM's mel front end (16 kHz: n_fft 1024, window 1024, fmax 8 kHz; the vocoder's hop
@@ -88,6 +89,9 @@ class MusicGenObjective(nn.Module):
 
     def __init__(self, decoder, cond_dropout: float) -> None:
         super().__init__()
+        if int(getattr(decoder.model.decoder.config, "audio_channels", 1)) != 1:
+            raise ConfigError("train-decoder fine-tunes mono MusicGen only (this one is "
+                              "stereo); use a mono checkpoint such as musicgen-small")
         self.model = decoder.model
         self.tokenizer = decoder.processor.tokenizer
         self.cond_dropout = cond_dropout

@@ -232,3 +232,18 @@ def test_quality_tags_reach_the_training_captions(synth, tiny_dir, tmp_path):
     assert [it["caption"] for it in dataset.items] == ["high quality, clip 0",
                                                        "low quality, clip 1"]
     assert [h.caption for h in held] == ["clip 2"]
+
+
+def test_a_clip_that_does_not_decode_is_a_bad_record(synth, tiny_dir, tmp_path, caplog):
+    names = sorted(p.name for p in (synth / "audio").glob("*.wav"))[:3]
+    (tmp_path / "noise.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    meta = {"data": [{"wav": str(synth / "audio" / n), "caption": f"clip {i}"}
+                     for i, n in enumerate(names)] + [{"wav": "noise.wav", "caption": "x"}]}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    kw = dict(data=str(tmp_path / "meta.json"), data_format="audioldm",
+              audio_root=str(tmp_path), holdout=0, max_steps=1, batch_size=2)
+    with pytest.raises(M2UGenError, match=r"meta.json#3 .*noise.wav: cannot decode"):
+        train_decoder(_cfg(synth, tmp_path / "run", tiny_dir, **kw))
+    out = train_decoder(_cfg(synth, tmp_path / "run2", tiny_dir, skip_bad=True, **kw))
+    assert len(_losses(out)) == 1
+    assert "skipping 1 bad record(s)" in caplog.text and "noise.wav" in caplog.text
