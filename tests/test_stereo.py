@@ -97,3 +97,17 @@ def test_cli_writes_two_channel_wavs_that_the_judge_and_eval_read(ckpts, tmp_pat
         # the evaluation reads a stereo file as its channel mean (one mono clip)
         np.testing.assert_allclose(ClipFiles([path])[0].waveform, wave.mean(axis=1),
                                    atol=1e-6)
+
+
+def test_the_app_plays_two_channel_music(ckpts, tmp_path):
+    from m2ugen.app import AssistantApp
+    from m2ugen.model import M2UGen
+
+    app = AssistantApp(M2UGen.from_pretrained("tiny-stereo"), media_root=tmp_path)
+    shown, _, state = list(app.respond(
+        "A calm piano piece", None, temperature=0, top_p=0.8, max_new_tokens=8,
+        music="always", seconds=1, guidance=3.5, steps=0, condition="embedding", seed=0))[-1]
+    player = shown[-1]["content"]
+    assert type(player).__name__ == "Audio"
+    path = player.value["path"] if isinstance(player.value, dict) else player.value
+    assert sf.info(path).channels == 2 and sf.info(state.last_music).channels == 2
