@@ -32,8 +32,9 @@ from m2ugen.errors import M2UGenError
 
 __all__ = ["OneLineParser", "build_parser", "flag_name", "main", "setup_logging"]
 
-_MODEL_HELP = ("model directory or preset (tiny, tiny-trained, tiny-stereo, musicgen-small, "
-               "musicgen-medium, musicgen-stereo-small|medium|large, audioldm2); default: tiny")
+_MODEL_HELP = ("model directory or preset (tiny, tiny-trained, tiny-stereo, tiny-melody, "
+               "musicgen-small, musicgen-medium, musicgen-stereo-small|medium|large, "
+               "musicgen-melody, audioldm2); default: tiny")
 _TRUST_HELP = ("let a MERT whose config needs its own Python code (auto_map) run that code; "
                "only for model directories you trust")
 _FORCE_HELP = ("write into a non-empty directory that is not an m2ugen model directory (only "

@@ -3,7 +3,8 @@
 The hub presets name the base components only; their trained tensors come from a model
 directory (training output or `m2ugen convert-original`). `tiny` is special: it is built
 on first use into `<ckpts>/tiny` by `m2ugen.presets.tiny`, random weights, all components local
-(`tiny-stereo`: the same with a stereo MusicGen, into `<ckpts>/tiny-stereo`).
+(`tiny-stereo`, `tiny-melody`: the same with a stereo MusicGen or MusicGen-Melody, into
+`<ckpts>/tiny-stereo`, `<ckpts>/tiny-melody`).
 `tiny-trained` likewise into `<ckpts>/tiny-trained`: the tiny components trained on
 synthetic data (`m2ugen.presets.tiny_trained`; minutes, once).
 """
@@ -56,6 +57,11 @@ def musicgen_stereo_large() -> M2UGenConfig:
     return _hub("musicgen-stereo-large", "musicgen", "facebook/musicgen-stereo-large")
 
 
+def musicgen_melody() -> M2UGenConfig:
+    # MusicGen-Melody 1.5B: T5-base states (768) too; edits hear the source's chroma
+    return _hub("musicgen-melody", "musicgen", "facebook/musicgen-melody")
+
+
 def audioldm2() -> M2UGenConfig:
     # audioldm2-music: T5 states 1024 wide, GPT-2 states 768 wide
     return _hub("audioldm2", "audioldm2", "cvssp/audioldm2-music",
@@ -68,9 +74,11 @@ HUB_PRESETS: dict[str, Callable[[], M2UGenConfig]] = {
     "musicgen-stereo-small": musicgen_stereo_small,
     "musicgen-stereo-medium": musicgen_stereo_medium,
     "musicgen-stereo-large": musicgen_stereo_large,
+    "musicgen-melody": musicgen_melody,
     "audioldm2": audioldm2,
 }
-PRESET_NAMES = ("tiny", "tiny-audioldm2", "tiny-stereo", "tiny-trained", *HUB_PRESETS)
+PRESET_NAMES = ("tiny", "tiny-audioldm2", "tiny-stereo", "tiny-melody", "tiny-trained",
+                *HUB_PRESETS)
 
 
 def ckpts_dir() -> Path:
@@ -107,8 +115,8 @@ def resolve_model(name_or_dir: str | Path, *,
         decoder = "musicgen" if text == "tiny" else "audioldm2"
         path = ensure_tiny(tiny_dir(decoder), decoder=decoder, model_cls=model_cls)
         return M2UGenConfig.load(path), path
-    if text == "tiny-stereo":
-        path = ensure_tiny(ckpts_dir() / text, model_cls=model_cls, channels=2)
+    if text in ("tiny-stereo", "tiny-melody"):
+        path = ensure_tiny(ckpts_dir() / text, model_cls=model_cls, variant=text[5:])
         return M2UGenConfig.load(path), path
     if text == "tiny-trained":
         path = ensure_tiny_trained(ckpts_dir() / "tiny-trained")

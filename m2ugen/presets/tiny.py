@@ -13,6 +13,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 import torch
@@ -33,12 +34,17 @@ from transformers import (
 
 from m2ugen.checkpoint import TRAINED_NAME, model_directory, save_tensors
 from m2ugen.config import M2UGenConfig
+from m2ugen.errors import ConfigError
 from m2ugen.modules.decoders import cond_shape_from_configs
 from m2ugen.presets.tiny_decoders import build_tiny_audioldm2, build_tiny_musicgen
 
 log = logging.getLogger(__name__)
 
 TINY_VERSION = 2  # bump when the tiny recipe changes: stale ckpts/tiny dirs get rebuilt
+# MusicGen variants of the tiny preset (`tiny-stereo`, `tiny-melody`): build_tiny_musicgen's
+# keyword arguments for each
+TINY_VARIANTS: dict[str, dict[str, Any]] = {"mono": {}, "stereo": {"channels": 2},
+                                            "melody": {"melody": True}}
 
 _GENRES = ["jazz", "rock", "pop", "classical", "blues", "folk", "techno", "ambient", "funk",
            "reggae", "metal", "hip hop", "country", "soul", "disco", "lofi"]
@@ -115,9 +121,9 @@ def _save_encoders(root: Path) -> dict[str, int]:
 
 
 def _save_decoder(root: Path, decoder: str, corpus: list[str], seed: int,
-                  channels: int = 1) -> dict[str, int]:
+                  variant: str = "mono") -> dict[str, int]:
     if decoder == "musicgen":
-        build_tiny_musicgen(root / decoder, corpus, seed, channels=channels)
+        build_tiny_musicgen(root / decoder, corpus, seed, **TINY_VARIANTS[variant])
     else:
         build_tiny_audioldm2(root / decoder, corpus, seed)
     tokens, dim = cond_shape_from_configs(
@@ -147,13 +153,17 @@ def _randomize_trained(model, seed: int) -> None:
 
 
 def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
-               force: bool = False, *, model_cls: type, channels: int = 1) -> Path:
+               force: bool = False, *, model_cls: type, variant: str = "mono") -> Path:
     """Write the tiny preset's model directory to `out`. Deterministic per seed;
-    `channels=2`: a stereo MusicGen (`tiny-stereo`).
+    `variant` (TINY_VARIANTS) "stereo": a stereo MusicGen (`tiny-stereo`), "melody":
+    MusicGen-Melody (`tiny-melody`).
 
     `out` may be new, empty or a model directory (only our files in it are replaced); any
     other non-empty directory needs `force` (checkpoint.model_directory).
     """
+    if variant not in TINY_VARIANTS or (variant != "mono" and decoder != "musicgen"):
+        raise ConfigError(f"tiny variant {variant!r} with decoder {decoder}: the variants are "
+                          f"{', '.join(TINY_VARIANTS)}, of MusicGen only")
     out = Path(out)
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -168,11 +178,11 @@ def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
                               bos_token_id=1, eos_token_id=2)
         LlamaForCausalLM(llm_cfg).save_pretrained(root / "llm")
         dims = _save_encoders(root)
-        dims |= _save_decoder(root, decoder, corpus, seed, channels)
+        dims |= _save_decoder(root, decoder, corpus, seed, variant)
         extra = {"tiny_version": TINY_VERSION, "seed": seed}
-        if channels != 1:  # mono directories built before this field stay current
-            extra["channels"] = channels
-        config = M2UGenConfig(name="tiny-stereo" if channels == 2 else f"tiny-{decoder}",
+        if variant != "mono":  # mono directories built before this field stay current
+            extra["variant"] = variant
+        config = M2UGenConfig(name=f"tiny-{decoder if variant == 'mono' else variant}",
                               llm="llm", tokenizer="tokenizer",
                               mert="mert", vit="vit", vivit="vivit", decoder=decoder,
                               decoder_path=decoder, llm_dim=64, query_layers=1, lora_rank=4,
@@ -190,27 +200,27 @@ def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
     return out
 
 
-def is_current_tiny(path: Path, channels: int = 1) -> bool:
+def is_current_tiny(path: Path, variant: str = "mono") -> bool:
     try:
         cfg = json.loads((path / "m2ugen.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
     extra = cfg.get("extra", {})
     return extra.get("tiny_version") == TINY_VERSION and \
-        extra.get("channels", 1) == channels and (path / TRAINED_NAME).is_file()
+        extra.get("variant", "mono") == variant and (path / TRAINED_NAME).is_file()
 
 
 def ensure_tiny(path: Path, decoder: str = "musicgen", seed: int = 0, *,
-                model_cls: type, channels: int = 1) -> Path:
+                model_cls: type, variant: str = "mono") -> Path:
     """Return `path`, building the tiny preset there first if it is missing or stale.
 
     `model_cls` (M2UGen) assembles the components to draw the trained tensors; it is passed
     in because the model's loader calls this module, which must not import the model back.
     """
-    if not is_current_tiny(path, channels):
+    if not is_current_tiny(path, variant):
         if path.exists():
             log.info("%s is an outdated tiny preset; rebuilding", path)
         log.warning("building the tiny preset into %s (first use, offline, ~10 s)", path)
-        build_tiny(path, decoder=decoder, seed=seed, model_cls=model_cls, channels=channels)
+        build_tiny(path, decoder=decoder, seed=seed, model_cls=model_cls, variant=variant)
     return path
 

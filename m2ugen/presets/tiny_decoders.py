@@ -33,6 +33,10 @@ MUSICGEN_TEXT_DIM = 48
 MUSICGEN_HIDDEN = 32
 ENCODEC_CODEWORD_STD = 10.0  # decoded audio: std ≈ 0.06, code-dependent
 MUSICGEN_WINDOW_SECONDS = 1.0  # real MusicGen: 30 s; short, so long pieces cross many seams
+# MusicGen-Melody: facebook/musicgen-melody's chroma settings; a short prefix (real: 235
+# frames = 30 s at hop 4096), as the tiny window is short
+MELODY_CHROMA = {"sampling_rate": 32000, "n_fft": 16384, "hop_length": 4096, "num_chroma": 12}
+MELODY_CHROMA_LENGTH = 16
 MUSICGEN_INIT = 0.2  # std of the decoder / enc_to_dec init: large enough that captions matter
 AUDIOLDM2_T5_DIM = 40
 AUDIOLDM2_GPT2_DIM = 24
@@ -128,7 +132,7 @@ def _tune_encodec(audio_encoder: torch.nn.Module, generator: torch.Generator) ->
 
 
 def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0,
-                        channels: int = 1) -> None:
+                        channels: int = 1, melody: bool = False) -> None:
     """Write a tiny random `MusicgenForConditionalGeneration` + `MusicgenProcessor` to `out_dir`.
 
     T5 encoder (width 48) → `enc_to_dec_proj` → decoder (width 32, K=4 codebooks of 64
@@ -137,6 +141,10 @@ def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0,
     the decoder is initialised at std 0.2 so changing the caption changes the sampled codes.
     `channels=2` is stereo as facebook/musicgen-stereo-* are: the decoder has
     `audio_channels=2` and 2K codebooks (left and right interleaved), EnCodec stays mono.
+    `melody=True` is MusicGen-Melody (`MusicgenMelodyForConditionalGeneration`: a prefix of
+    `MELODY_CHROMA_LENGTH` chroma states before the text states, no cross-attention) with
+    the tokenizer and a chroma feature-extractor config (facebook/musicgen-melody's
+    settings) instead of a processor, whose class needs torchaudio.
     """
     from transformers import (
         EncodecConfig,
@@ -145,6 +153,9 @@ def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0,
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForConditionalGeneration,
         MusicgenProcessor,
         T5Config,
     )
@@ -165,22 +176,38 @@ def build_tiny_musicgen(out_dir: Path, corpus: list[str], seed: int = 0,
     if audio_cfg.num_quantizers != MUSICGEN_CODEBOOKS or audio_cfg.frame_rate != 50:
         raise RuntimeError(f"EnCodec config gives {audio_cfg.num_quantizers} codebooks at "
                            f"{audio_cfg.frame_rate} Hz")
-    decoder_cfg = MusicgenDecoderConfig(
+    decoder_cls = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
+    decoder_cfg = decoder_cls(
         vocab_size=MUSICGEN_CODEBOOK_SIZE, max_position_embeddings=2048, num_hidden_layers=2,
         ffn_dim=64, num_attention_heads=2, hidden_size=MUSICGEN_HIDDEN,
         num_codebooks=MUSICGEN_CODEBOOKS * channels, audio_channels=channels,
         pad_token_id=MUSICGEN_CODEBOOK_SIZE, bos_token_id=MUSICGEN_CODEBOOK_SIZE,
         initializer_factor=MUSICGEN_INIT)
-    config = MusicgenConfig(text_encoder=text_cfg, audio_encoder=audio_cfg, decoder=decoder_cfg,
-                            initializer_factor=MUSICGEN_INIT)
+    parts = {"text_encoder": text_cfg, "audio_encoder": audio_cfg, "decoder": decoder_cfg,
+             "initializer_factor": MUSICGEN_INIT}
+    if melody:
+        config = MusicgenMelodyConfig(**parts, num_chroma=12,
+                                      chroma_length=MELODY_CHROMA_LENGTH)
+    else:
+        config = MusicgenConfig(**parts)
     config.window_seconds = MUSICGEN_WINDOW_SECONDS  # read by MusicGenDecoder.window_seconds
-    model = MusicgenForConditionalGeneration(config).eval()
+    model_cls = MusicgenMelodyForConditionalGeneration if melody else \
+        MusicgenForConditionalGeneration
+    model = model_cls(config).eval()
     _tune_encodec(model.audio_encoder, torch.Generator().manual_seed(seed + 1))
     start = MUSICGEN_CODEBOOK_SIZE
     model.generation_config = GenerationConfig(
         decoder_start_token_id=start, pad_token_id=start, bos_token_id=start, do_sample=True,
         guidance_scale=3.0, max_length=1600)
     model.save_pretrained(out_dir)
+    if melody:
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "preprocessor_config.json").write_text(json.dumps(
+            {"feature_extractor_type": "MusicgenMelodyFeatureExtractor", **MELODY_CHROMA,
+             "feature_size": 12, "chunk_length": 30, "padding_value": 0.0,
+             "return_attention_mask": False, "processor_class": "MusicgenMelodyProcessor"},
+            indent=2) + "\n")
+        return
     features = EncodecFeatureExtractor(feature_size=1, sampling_rate=32000, padding_value=0.0)
     MusicgenProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out_dir)
 
