@@ -67,8 +67,8 @@ def test_a_stereo_edit_hears_the_mono_source_in_both_channels(stereo, cond):
     heard = stereo.reconstruct([source], 0.5)
     assert heard.shape == (1, stereo.sample_rate // 2, 2)
     np.testing.assert_array_equal(heard[..., 0], heard[..., 1])
-    edit = stereo.generate(cond, 0.6, 3.0, seed=1, sources=[source], edit_strength=0.5)
-    assert edit.shape == (1, int(0.6 * stereo.sample_rate), 2)
+    edit = stereo.generate(cond, 0.4, 3.0, seed=1, sources=[source], edit_strength=0.5)
+    assert edit.shape == (1, int(0.4 * stereo.sample_rate), 2)
 
 
 def test_stereo_hub_presets():
