@@ -276,6 +276,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        help=_SCHEDULER_HELP)
         t.add_argument("--condition", choices=["embedding", "text"], default="embedding",
                        help="decoder conditioning: projector output (default) or reply text")
+        if name == "edit":
+            t.add_argument("--source", choices=["hear", "ignore"], default="hear",
+                           help="the decoder hears each item's source music (hear, default: "
+                                "the edit keeps the song) or not (ignore: the published "
+                                "text-only edit); compare the two runs' chroma")
+            t.add_argument("--edit-strength", type=float, default=None, metavar="S",
+                           help="how much of each edit is new, 0 < S <= 1 (default 0.6)")
         t.add_argument("--max-new-tokens", type=int, default=256)
         t.add_argument("--temperature", type=float, default=0.6)
         t.add_argument("--top-p", type=float, default=0.8)

@@ -48,11 +48,17 @@ def _settings(args: argparse.Namespace) -> dict:
         setattr(args, name, check_number(getattr(args, name), flag_name(name), **kw))
     if args.steps is not None:
         check_number(args.steps, "--steps", integer=True, minimum=1, maximum=1000)
+    edit = {}
+    if getattr(args, "source", None) is not None:  # the edit task's options
+        edit["source"] = args.source
+        if args.edit_strength is not None:
+            edit["edit_strength"] = check_number(args.edit_strength, "--edit-strength",
+                                                 above=0.0, maximum=1.0)
     return {"seed": args.seed, "seconds": args.seconds, "guidance": args.guidance,
             "steps": args.steps, "scheduler": args.scheduler, "condition": args.condition,
             "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-            "top_p": args.top_p}
+            "top_p": args.top_p, **edit}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

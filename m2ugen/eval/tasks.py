@@ -40,8 +40,8 @@ from m2ugen.checkpoint import atomic_write_text
 from m2ugen.data.formats import DatasetEntry, read_dataset
 from m2ugen.data.spec import load_spec
 from m2ugen.errors import ConfigError
-from m2ugen.media import save_audio
-from m2ugen.modules.decoders import TARGET_SCALE
+from m2ugen.media import audio_source, resample_audio, save_audio
+from m2ugen.modules.decoders import EDIT_STRENGTH, TARGET_SCALE
 
 log = logging.getLogger("m2ugen")
 
@@ -189,9 +189,14 @@ class RunSettings:
     temperature: float = 0.6
     top_p: float = 0.8
     dtype: str = "fp32"  # what the model computed in (--dtype auto resolved)
+    source: str = "hear"  # edit: the decoder hears the item's source music (or "ignore")
+    edit_strength: float = EDIT_STRENGTH
 
     def shaping(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.task != "edit":  # only edits hear a source: other runs resume as before
+            del out["source"], out["edit_strength"]
+        return out
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -245,14 +250,20 @@ def _render(model, batch: list[Item], replies: list[tuple[Any, torch.Tensor]], s
     reply, which the chat refuses, prompts with the item's own prompt instead).
     """
     decoder = model.load_decoder()
+    sources = None
+    if s.source == "hear" and all("audio" in it.media for it in batch):  # the edit task
+        spec = model.media_spec
+        sources = [resample_audio(*audio_source(it.media["audio"], spec), decoder.sample_rate)
+                   for it in batch]
+    edit = {"sources": sources, "edit_strength": s.edit_strength}
     if s.condition == "text":
         texts = [r.text if r.text.strip() else it.prompt
                  for it, (r, _) in zip(batch, replies, strict=True)]
         return decoder.generate_from_text(texts, s.seconds, s.guidance, seed, s.steps,
-                                          s.scheduler)
+                                          s.scheduler, **edit)
     with torch.no_grad():
         cond = torch.cat([model.project(h[None]) for _, h in replies]) / TARGET_SCALE
-    return decoder.generate(cond, s.seconds, s.guidance, seed, s.steps, s.scheduler)
+    return decoder.generate(cond, s.seconds, s.guidance, seed, s.steps, s.scheduler, **edit)
 
 
 def _check_done(out: Path, items: list[Item]) -> None:

@@ -60,6 +60,8 @@ def test_eval_text2music_on_the_tiny_preset_then_report(tiny_dir, eval_models, s
      "--metrics: fad_clap not available here"),
     (["edit", "--data", "{synth}/muedit.json", "--out", "{tmp}/o", "--model", "{tmp}/m",
       "--model", "{tmp}/x/m"], "two models share the folder name"),
+    (["edit", "--data", "{synth}/muedit.json", "--edit-strength", "1.5"],
+     "--edit-strength must be"),
     (["folder", "--generated", "{tmp}/missing", "--reference", "{tmp}"],
      "--generated {tmp}/missing: no such folder"),
     (["report", "{tmp}"], "holds no results.json"),

@@ -73,6 +73,27 @@ def test_batch_of_one_is_what_the_chat_session_renders(tiny_model, synth, tmp_pa
     assert np.allclose(wav, expected.music.waveform, atol=1e-4)  # 16-bit WAV rounding
 
 
+@pytest.mark.parametrize("source", ["hear", "ignore"])
+def test_edit_items_hear_their_source_as_the_chat_session_does(tiny_model, synth, tmp_path,
+                                                               source):
+    """An edit is rendered with the item's source music heard (or not, source=ignore),
+    exactly as a chat session renders the same request; old runs of other tasks resume
+    (their settings have no source fields)."""
+    items, _ = T.load_items(T.get_task("edit"), synth / "muedit.json")
+    settings = T.RunSettings(task="edit", model="tiny", data="d", seed=3, source=source,
+                             edit_strength=0.5, **{**FAST, "batch_size": 1})
+    T.generate(tiny_model, items[:1], tmp_path, settings)
+    rec = T.read_item(tmp_path, items[0].id)
+    expected = ChatSession(tiny_model).send(items[0].prompt, audio=items[0].media["audio"],
+                                            music="always", seconds=0.5, seed=3,
+                                            max_new_tokens=8, source=source,
+                                            edit_strength=0.5)
+    assert expected.music.source_heard == (source == "hear")
+    wav, _ = read_audio(tmp_path / rec["music"])
+    assert np.allclose(wav, expected.music.waveform, atol=1e-4)  # 16-bit WAV rounding
+    assert "source" not in T.RunSettings(task="text2music", model="m", data="d").shaping()
+
+
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, synth, tmp_path,
                                                                 monkeypatch):
     items, _ = T.load_items(T.get_task("text2music"), synth / "mucaps.json")
