@@ -41,10 +41,10 @@ from m2ugen.errors import (
     check_seed,
 )
 from m2ugen.loading import merge_lora_for_inference
-from m2ugen.media import MediaSpec, guess_modality, load_media, save_audio
+from m2ugen.media import MediaSpec, guess_modality, load_media, read_audio, save_audio
 from m2ugen.model import M2UGen
-from m2ugen.modules.decoders import SCHEDULERS
-from m2ugen.music import MUSIC_MODES, RERANKERS, MusicResult, MusicSettings
+from m2ugen.modules.decoders import EDIT_STRENGTH, SCHEDULERS
+from m2ugen.music import MAX_SECONDS, MUSIC_MODES, RERANKERS, MusicResult, MusicSettings
 
 log = logging.getLogger("m2ugen")
 
@@ -92,13 +92,15 @@ SLIDERS: dict[str, tuple[str, float, float]] = {
     "temperature": ("Temperature", 0.0, 2.0),
     "top_p": ("Top-p", 0.05, 1.0),
     "max_new_tokens": ("Max new tokens", 8, 512),
-    "seconds": ("Music seconds", 1, 30),
+    "seconds": ("Music seconds", 1, MAX_SECONDS),  # past the decoder's window: windowed
     "guidance": ("Guidance", 0.0, 10.0),
     "steps": ("Decoder steps", 0, 200),
     "num_candidates": ("Candidates", 1, 8),
+    "edit_strength": ("Edit strength", 0.05, 1.0),
 }
 LABELS = {**{k: v[0] for k, v in SLIDERS.items()}, "music": "Music", "condition": "Condition",
-          "seed": "Seed", "scheduler": "Sampler", "rerank": "Rerank"}
+          "seed": "Seed", "scheduler": "Sampler", "rerank": "Rerank",
+          "source": "Hear the source", "stereo": "Stereo"}
 _INTEGER_SETTINGS = ("max_new_tokens", "steps", "num_candidates")
 
 
@@ -158,11 +160,14 @@ def check_size(path: Path, max_mb: float) -> None:
 
 def load_attachments(files: Sequence[Attachment], spec: MediaSpec,
                      max_upload_mb: float) -> dict[str, Any]:
-    """Load each attachment as `spec` asks (`load_media`) → {"audio"|"image"|"video": data}."""
+    """Load each attachment as `spec` asks (`load_media`) → {"audio"|"image"|"video": data};
+    audio as (waveform, its own rate), which the encoder resamples and a decoder that hears
+    it (an edit) takes at full quality."""
     media: dict[str, Any] = {}
     for a in files:
         check_size(a.path, max_upload_mb)
-        media[a.modality] = load_media(a.modality, a.path, spec)
+        media[a.modality] = read_audio(a.path, spec.max_audio_seconds) \
+            if a.modality == "audio" else load_media(a.modality, a.path, spec)
     return media
 
 
@@ -176,7 +181,8 @@ def setting_name(field: str) -> str:
 def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
                   seconds: Any, guidance: Any, steps: Any, condition: Any,
                   seed: Any, scheduler: Any = "dpm++", num_candidates: Any = 1,
-                  rerank: Any = "none") -> tuple[GenerationSettings, MusicSettings]:
+                  rerank: Any = "none", edit_strength: Any = EDIT_STRENGTH,
+                  hear_source: Any = True) -> tuple[GenerationSettings, MusicSettings]:
     """The settings panel's values → validated settings; seed < 0 or empty = random,
     steps 0 = the sampler's default (AudioLDM2: 20 with dpm++, 200 with ddim).
 
@@ -187,7 +193,7 @@ def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
     """
     values = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
               "seconds": seconds, "guidance": guidance, "steps": steps,
-              "num_candidates": num_candidates}
+              "num_candidates": num_candidates, "edit_strength": edit_strength}
     for key, value in values.items():
         _, low, high = SLIDERS[key]
         values[key] = check_number(value, setting_name(key), minimum=low, maximum=high,
@@ -202,10 +208,19 @@ def make_settings(temperature: Any, top_p: Any, max_new_tokens: Any, music: Any,
     mus = MusicSettings(music=music, condition=condition, seconds=values["seconds"],
                         guidance=values["guidance"], steps=values["steps"] or None,
                         scheduler=scheduler, seed=seed_value,
-                        num_candidates=values["num_candidates"], rerank=rerank)
+                        num_candidates=values["num_candidates"], rerank=rerank,
+                        edit_strength=values["edit_strength"],
+                        source="hear" if _flag(hear_source, "source") else "ignore")
     gen.validate(setting_name)
     mus.validate(setting_name)
     return gen, mus
+
+
+def _flag(value: Any, field: str) -> bool:
+    """A checkbox's value, which an API call may send as anything: a bool or a ChatError."""
+    if not isinstance(value, bool):
+        raise ChatError(f"{setting_name(field)}={value!r}: use true or false")
+    return value
 
 
 def user_messages(text: str, files: Sequence[Attachment]) -> list[dict[str, Any]]:
@@ -310,7 +325,8 @@ class AssistantApp:
                 temperature: float, top_p: float, max_new_tokens: float, music: str,
                 seconds: float, guidance: float, steps: float, condition: str,
                 seed: float | None, scheduler: str = "dpm++", num_candidates: float = 1,
-                rerank: str = "none",
+                rerank: str = "none", edit_strength: float = EDIT_STRENGTH,
+                hear_source: bool = True, stereo: bool = True,
                 progress: gr.Progress = gr.Progress(),  # noqa: B008
                 ) -> Iterator[tuple[list[dict[str, Any]], None, VisitorState]]:
         """Handle one visitor message; yields (chatbot messages, textbox value, state).
@@ -331,11 +347,12 @@ class AssistantApp:
         try:
             gen, mus = make_settings(temperature, top_p, max_new_tokens, music, seconds,
                                      guidance, steps, condition, seed, scheduler,
-                                     num_candidates, rerank)
+                                     num_candidates, rerank, edit_strength, hear_source)
+            mono = not _flag(stereo, "stereo")
             media = load_attachments(files, self.media_spec, self.limits.max_upload_mb)
             if not files and state.last_music is not None:
                 # an edit follow-up: the music this visitor was just given is the input
-                media["audio"] = load_media("audio", state.last_music, self.media_spec)
+                media["audio"] = read_audio(state.last_music, self.media_spec.max_audio_seconds)
                 shown.append({"role": "assistant",
                               "content": "Editing the music of my last reply.",
                               "metadata": {"title": "🎼 input: previous music"}})
@@ -344,10 +361,11 @@ class AssistantApp:
             yield shown, None, state
             return
         yield shown, None, state
-        yield from self._reply(state, text, media, gen, mus, progress)
+        yield from self._reply(state, text, media, gen, mus, progress, mono)
 
     def _reply(self, state: VisitorState, text: str, media: dict[str, Any],
                gen: GenerationSettings, mus: MusicSettings, progress: gr.Progress,
+               mono: bool = False,
                ) -> Iterator[tuple[list[dict[str, Any]], None, VisitorState]]:
         shown = state.messages
         try:
@@ -389,6 +407,8 @@ class AssistantApp:
                          f"{'' if k == 0 else f'-{k + 1}'}.wav"
                          for k in range(len(rendered.waveforms))]
                 for p, wave in zip(paths, rendered.waveforms, strict=True):
+                    if mono and wave.ndim == 2:  # a stereo decoder, Stereo off: the mix
+                        wave = wave.mean(axis=-1)
                     save_audio(p, wave, rendered.sample_rate)  # e.g. disk full
             except M2UGenError as e:
                 shown[-1] = error_message(e)
@@ -436,8 +456,17 @@ def _settings_panel() -> list[gr.components.Component]:
             rerank = gr.Radio(list(RERANKERS), value="none", label="Rerank",
                               elem_id="rerank", info="clap: best first by a CLAP judge's "
                               "score against your message (2+ candidates)")
+        with gr.Row():
+            strength = _slider("edit_strength", value=EDIT_STRENGTH, step=0.05,
+                               elem_id="edit-strength",
+                               info="edits of music: how much is new (1 = a new piece)")
+            hear = gr.Checkbox(value=True, label=LABELS["source"], elem_id="hear-source",
+                               info="the music decoder hears the music you attached, so an "
+                                    "edit keeps the song; off: the published text-only edit")
+            stereo = gr.Checkbox(value=True, label=LABELS["stereo"], elem_id="stereo",
+                                 info="stereo decoders (musicgen-stereo-*) only; off: mono")
     return [temperature, top_p, max_new, music, seconds, guidance, steps, condition, seed,
-            scheduler, candidates, rerank]
+            scheduler, candidates, rerank, strength, hear, stereo]
 
 
 def _examples(examples_dir: Path, examples=EXAMPLES) -> list[dict[str, Any]]:

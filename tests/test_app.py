@@ -79,6 +79,14 @@ def test_parse_message_rejects_unknown_types_and_duplicates(tmp_path):
 
 
 def test_make_settings_and_check_size(tmp_path):
+    _, mus = make_settings(0.5, 0.9, 32, "auto", 120, 2.0, 0, "text", -1, "dpm++", 1, "none",
+                           0.3, False)  # past the decoder's window: the slider allows it
+    assert (mus.seconds, mus.edit_strength, mus.source) == (120, 0.3, "ignore")
+    with pytest.raises(ChatError, match=r"Edit strength \(edit_strength\)"):
+        make_settings(0.5, 0.9, 32, "auto", 3, 2.0, 0, "text", -1, "dpm++", 1, "none", 0.0)
+    with pytest.raises(ChatError, match=r"Hear the source \(source\)='yes'"):
+        make_settings(0.5, 0.9, 32, "auto", 3, 2.0, 0, "text", -1, "dpm++", 1, "none", 0.5,
+                      "yes")
     gen, mus = make_settings(0.5, 0.9, 32, "never", 3, 2.0, 0, "text", -1)
     assert (gen.seed, mus.seed, mus.steps, gen.max_new_tokens) == (None, None, None, 32)
     gen, mus = make_settings(0.5, 0.9, 32, "auto", 3, 2.0, 25, "embedding", 7)
@@ -122,6 +130,27 @@ def test_image_to_music_then_edit_follow_up(app, media):
 
     other = send(app, "Make it faster.")[1]  # another visitor: no music of anybody else's
     assert "audio" not in other.session.media and other.workdir != state.workdir
+
+
+def test_an_edit_follow_up_hears_the_music_unless_told_not_to(app, media):
+    """The follow-up's decoder hears the music of the last reply (MusicGen: its audio
+    prompt), so the edit starts as the decoder hears that music; with "Hear the source"
+    off it is a new piece."""
+    _, state = send(app, {"text": "Make music for this picture.",
+                          "files": [str(media / "sunset.png")]})
+    first = state.last_music
+    decoder = app.model.load_decoder()
+    sr = decoder.sample_rate
+    heard = decoder.reconstruct([load_audio(first, sr)], 1.0)[0]
+    head = int(0.25 * sr)  # kept: the first (1 - 0.5) s, less EnCodec's look-ahead
+    edits = {}
+    for hear in (True, False):
+        _, after = send(app, {"text": "Make it faster.", "files": []}, state,
+                        edit_strength=0.5, hear_source=hear)
+        edits[hear] = load_audio(after.last_music, sr)
+        after.last_music = first  # the next follow-up edits the same music
+    assert np.abs(edits[True][:head] - heard[:head]).max() < 1e-3  # 16-bit WAV rounding
+    assert np.abs(edits[False][:head] - heard[:head]).max() > 1e-2
 
 
 def test_music_never_and_auto_without_tokens(app):

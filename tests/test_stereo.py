@@ -111,3 +111,12 @@ def test_the_app_plays_two_channel_music(ckpts, tmp_path):
     assert type(player).__name__ == "Audio"
     path = player.value["path"] if isinstance(player.value, dict) else player.value
     assert sf.info(path).channels == 2 and sf.info(state.last_music).channels == 2
+    # Stereo off: the same render, mixed down to one channel
+    stereo_wave, _ = sf.read(str(state.last_music))
+    shown, _, state = list(app.respond(
+        "A calm piano piece", None, temperature=0, top_p=0.8, max_new_tokens=8,
+        music="always", seconds=1, guidance=3.5, steps=0, condition="embedding", seed=0,
+        stereo=False))[-1]
+    mono_wave, _ = sf.read(str(state.last_music))
+    assert mono_wave.ndim == 1
+    np.testing.assert_allclose(mono_wave, stereo_wave.mean(axis=1), atol=1e-4)
