@@ -92,10 +92,6 @@ class DecoderTrainConfig(RunConfig):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{name(key)} must be a non-empty string or null, got "
                                   f"{value!r}")
-        if self.strategy != "ddp":
-            raise ConfigError(f"{name('strategy')}: train-decoder shards nothing (LoRA or "
-                              "a full MusicGen/AudioLDM2 fine-tune fits one GPU: README, "
-                              "'Fine-tune the decoder'); use strategy=ddp")
         if self.gradient_checkpointing:
             raise ConfigError(f"{name('gradient_checkpointing')}: not offered by "
                               "train-decoder (its modules run in eval mode); drop it")

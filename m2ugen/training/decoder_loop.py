@@ -73,6 +73,7 @@ from m2ugen.training.features import train_device
 from m2ugen.training.parallel import (
     barrier,
     check_hardware,
+    full_trained,
     load_optimizer_state,
     make_optimizer,
     make_scaler,
@@ -267,7 +268,11 @@ def build(cfg: DecoderTrainConfig, device: torch.device, world: int, rank: int):
     for _, p in decoder_parameters(decoder):
         p.requires_grad_(False)
     module = tuned.tuned_module(decoder)
-    trained = tuned.prepare(module, cfg.tuning_spec, decoder.kind)
+    # LoRA's A matrices are drawn here: the same on every rank (FSDP shards each rank's own
+    # copy, it does not broadcast rank 0's as DDP does)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        trained = tuned.prepare(module, cfg.tuning_spec, decoder.kind)
     for p in trained.values():  # master weights in fp32 (autocast computes in half)
         p.data = p.data.float()
     objective = _objective(decoder, cfg).eval()  # dropout layers off: a deterministic loss
@@ -307,7 +312,9 @@ def train_decoder(cfg: DecoderTrainConfig, resume: bool = False) -> Path:
         log.info("%s", precision_note(cfg, autocast, device))
     if saved is not None:
         run.load_trained(saved.tensors, str(saved.weights))
-    net = wrap(objective, cfg, world, device)
+    groups, whole = objective.fsdp_groups()
+    net = wrap(objective, cfg, world, device, groups=groups, unsharded=whole)
+    sharded = cfg.strategy == "fsdp" and world > 1
     params = list(run.trained_parameters().values())
     optim = make_optimizer(cfg, params)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, cfg) / cfg.lr)
@@ -349,13 +356,15 @@ def train_decoder(cfg: DecoderTrainConfig, resume: bool = False) -> Path:
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{done.lr:.2e}")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            if rank == 0:
-                render_held_out(decoder, held, cfg, out, step, metrics)
+            if rank == 0 or sharded:  # sharded weights: every rank takes part in a render
+                render_held_out(decoder, held, cfg, out, step, metrics, write=rank == 0)
             barrier(world)
         stopping = cfg.stop_after is not None and step >= start_step + cfg.stop_after
         if step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
+            trained = full_trained(run)  # collectives under FSDP: every rank
             save_checkpoint(run, out, optim, sched, scaler, step, epoch, batch_pos, rank, world,
-                            cfg, optim_state=optimizer_state(objective, optim, cfg),
+                            cfg, trained=trained,
+                            optim_state=optimizer_state(objective, optim, cfg),
                             extra={"strategy": cfg.strategy, "skipped_steps": skipped_total})
         if stopping:
             log.info("stopping at step %d of %d (stop_after=%d); continue with --resume",
@@ -385,6 +394,8 @@ def _step(objective, net, micro, cfg: DecoderTrainConfig, step: int, world: int,
     total = torch.zeros(1, dtype=torch.float64, device=device)
     for i, inputs in enumerate(prepared):
         sync = i == len(prepared) - 1 or world == 1
+        if hasattr(net, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once
+            net.set_requires_gradient_sync(sync)
         ctx = net.no_sync() if not sync and hasattr(net, "no_sync") else nullcontext()
         with ctx, torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = net(**inputs) / counts[0].clamp(min=1)
@@ -396,7 +407,7 @@ def _step(objective, net, micro, cfg: DecoderTrainConfig, step: int, world: int,
 
 
 def render_held_out(decoder, held: list[AudioCaption], cfg: DecoderTrainConfig, out: Path,
-                    step: int, metrics: MetricsLog) -> Path:
+                    step: int, metrics: MetricsLog, write: bool = True) -> Path:
     """Render the held-out captions (asked for "high quality" when the run tags quality)
     into out/samples/step-N/ as WAVs, and into TensorBoard's audio tab when it logs."""
     captions = [quality_caption(r.caption, None if cfg.quality_column is None else
@@ -405,6 +416,8 @@ def render_held_out(decoder, held: list[AudioCaption], cfg: DecoderTrainConfig, 
                                        seed=cfg.seed, steps=cfg.eval_steps,
                                        scheduler=cfg.eval_scheduler)
     folder = out / SAMPLES_DIR / f"step-{step:09d}"
+    if not write:
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     peak = float(np.abs(audio).max()) or 1.0
     for i, (wave, caption) in enumerate(zip(audio, captions, strict=True)):

@@ -12,7 +12,8 @@ distribution is cached); each step samples a latent, draws noise and a timestep,
 the latent with the scheduler's own `add_noise` (DDPM training noise on the checkpoint's
 schedule) and regresses the UNet's prediction on the scheduler's target (the noise for
 epsilon-prediction, `get_velocity` for v-prediction), conditioned on the pipeline's own
-encoders' T5 and GPT-2 states of the caption. MSE over the latent frames of the clip.
+encoders' T5 and GPT-2 states of the caption (each caption encoded alone). MSE over the
+latent frames of the clip.
 
 Condition dropout (classifier-free guidance): a dropped caption becomes what the decoder
 renders unconditionally with — MusicGen: zero states behind an all-zero mask (what
@@ -95,6 +96,14 @@ class MusicGenObjective(nn.Module):
         self.model = decoder.model
         self.tokenizer = decoder.processor.tokenizer
         self.cond_dropout = cond_dropout
+
+    def fsdp_groups(self) -> tuple[list[nn.Module], set[nn.Parameter]]:
+        """strategy=fsdp: each LM layer, then the whole MusicGen (renders call it directly)
+        are sharded; T5 and EnCodec, which run outside the training forward, stay whole."""
+        layers = list(self.model.decoder.model.decoder.layers)
+        whole = set(self.model.text_encoder.parameters()) | set(
+            self.model.audio_encoder.parameters())
+        return [*layers, self.model], whole
 
     @torch.no_grad()
     def prepare(self, batch: dict, gens: list[torch.Generator]) -> dict:
@@ -209,13 +218,18 @@ class AudioLDM2Objective(nn.Module):
         self.scaling = float(decoder.pipe.vae.config.scaling_factor)
         self.cond_dropout = cond_dropout
 
+    def fsdp_groups(self) -> tuple[list[nn.Module], set[nn.Parameter]]:
+        """strategy=fsdp: each down / mid / up block, then the whole UNet (renders call it
+        directly); the pipeline's encoders are no part of this module."""
+        unet = self.unet
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks, unet], set()
+
     @torch.no_grad()
     def prepare(self, batch: dict, gens: list[torch.Generator]) -> dict:
         device = self.unet.device
         drop = dropped(gens, self.cond_dropout)
         texts = ["" if d else c for d, c in zip(drop.tolist(), batch["captions"], strict=True)]
-        embeds, attn, generated = self.pipe.encode_prompt(
-            texts, device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False)
+        embeds, attn, generated = self._encode(texts, device)
         params = batch["latents"]  # (B, 2C, T', F')
         latents, noise, steps = [], [], []
         n_train = int(self.scheduler.config.num_train_timesteps)
@@ -233,6 +247,17 @@ class AudioLDM2Objective(nn.Module):
                 "target": target.to(device), "mask": mask.to(device),
                 "embeds": embeds.to(dtype), "attn": attn, "generated": generated.to(dtype),
                 "count": int(mask.sum()), "dropped": int(drop.sum())}
+
+    def _encode(self, texts: list[str], device: torch.device):
+        """The pipeline's conditioning of each caption alone (T5 states (B, L, W) padded to
+        the longest with their mask (B, L), GPT-2 states (B, 8, W')): encoded in a batch,
+        GPT-2's generated states would depend on the other captions' padding."""
+        parts = [self.pipe.encode_prompt([t], device, num_waveforms_per_prompt=1,
+                                         do_classifier_free_guidance=False) for t in texts]
+        length = max(e.shape[1] for e, _, _ in parts)
+        embeds = torch.cat([F.pad(e, (0, 0, 0, length - e.shape[1])) for e, _, _ in parts])
+        attn = torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m, _ in parts])
+        return embeds, attn, torch.cat([g for _, _, g in parts])
 
     def forward(self, noisy, t, target, mask, embeds, attn, generated) -> torch.Tensor:
         """Summed squared error over the clip's latent elements (normalised by the caller)."""

@@ -48,9 +48,15 @@ def check_hardware(cfg: RunConfig, device: torch.device, world: int = 1) -> None
                           "drop cpu_offload")
 
 
-def wrap(model: nn.Module, cfg: RunConfig, world: int, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, cfg: RunConfig, world: int, device: torch.device,
+         groups: list[nn.Module] | None = None,
+         unsharded: set[nn.Parameter] | None = None) -> nn.Module:
     """The module the loop calls: the model itself (one process), DDP, or the model
-    sharded in place by fully_shard (strategy fsdp); optimizers are made after this."""
+    sharded in place by fully_shard (strategy fsdp); optimizers are made after this.
+
+    FSDP shards each of `groups` (innermost first; default: the LLM's layers) and then the
+    rest of `model` as one group, never `unsharded` (default: the encoders, which run
+    outside the model's forward)."""
     if world == 1:
         if cfg.strategy == "fsdp":
             log.info("strategy fsdp on one process: nothing to shard, the model trains whole "
@@ -67,14 +73,17 @@ def wrap(model: nn.Module, cfg: RunConfig, world: int, device: torch.device) -> 
 
     mesh = init_device_mesh(device.type, (world,))
     offload = CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy()
-    for layer in model.llm.layers:  # one all-gather per layer: peak = one layer unsharded
-        fully_shard(layer, mesh=mesh, offload_policy=offload)
-    # the rest (adapters, projector, embeddings, head, prefix queries, gates) as one group;
-    # the encoders run outside forward and stay whole on every rank
-    fully_shard(model, mesh=mesh, offload_policy=offload,
-                ignored_params=set(model.encoders.parameters()))
-    log.info("strategy fsdp: %d LLM layers + the rest sharded over %d ranks%s",
-             len(model.llm.layers), world, " (CPU offload)" if cfg.cpu_offload else "")
+    what = "LLM layers" if groups is None else "groups"
+    groups = list(model.llm.layers) if groups is None else groups
+    unsharded = set(model.encoders.parameters()) if unsharded is None else unsharded
+    for group in groups:  # one all-gather per group: peak = one group unsharded
+        fully_shard(group, mesh=mesh, offload_policy=offload,
+                    ignored_params=unsharded & set(group.parameters()) or None)
+    # the rest (stages: adapters, projector, embeddings, head, prefix queries, gates) as one
+    # group; what runs outside forward stays whole on every rank
+    fully_shard(model, mesh=mesh, offload_policy=offload, ignored_params=unsharded or None)
+    log.info("strategy fsdp: %d %s + the rest sharded over %d ranks%s", len(groups), what,
+             world, " (CPU offload)" if cfg.cpu_offload else "")
     return model
 
 

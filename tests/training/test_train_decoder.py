@@ -48,7 +48,8 @@ def _cfg(synth: Path, out: Path, model: Path, **kw) -> DecoderTrainConfig:
                 audio_root=str(synth / "audio"), out=str(out), clip_seconds=1.0,
                 max_steps=4, batch_size=4, lr=1e-2, min_lr=1e-3, warmup_steps=1,
                 holdout=2, eval_every=0, save_every=100, progress=False, tensorboard=False,
-                cond_dropout=0.5, cache=str(out.parent / f"cache-{Path(model).name}"))
+                cond_dropout=0.5, cache=str(out.parent / f"cache-{Path(model).name}"),
+                eval_seconds=0.5, eval_steps=2)
     base.update(kw)
     cfg = DecoderTrainConfig(**base)
     cfg.validate()
@@ -146,20 +147,31 @@ def test_resume_equals_uninterrupted(resumed):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_two_gloo_ranks_equal_one_rank(synth, tiny_dir, tmp_path, resumed):
-    # the straight run above: 1 rank × batch 2; here 2 ranks × batch 1, same global batch
+@pytest.mark.parametrize("kind,strategy", [("musicgen", "ddp"), ("audioldm2", "fsdp")])
+def test_two_gloo_ranks_equal_one_rank(synth, tiny_dir, tiny_audioldm2_dir, tmp_path, kind,
+                                       strategy):
+    # 1 rank × batch 2, and 2 ranks × batch 1 (the same global batch), renders included
+    model = tiny_dir if kind == "musicgen" else tiny_audioldm2_dir
+    one = train_decoder(_cfg(synth, tmp_path / "one", model, max_steps=3, batch_size=2,
+                             eval_every=3, save_every=3))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    args = [f"model={tiny_dir}", f"data={synth / 'mucaps.json'}",
-            f"audio_root={synth / 'audio'}", "clip_seconds=1.0", "max_steps=6", "lr=1e-2",
-            "min_lr=1e-3", "warmup_steps=1", "holdout=2", "eval_every=0", "save_every=100",
+    args = [f"model={model}", f"data={synth / 'mucaps.json'}",
+            f"audio_root={synth / 'audio'}", "clip_seconds=1.0", "max_steps=3", "lr=1e-2",
+            "min_lr=1e-3", "warmup_steps=1", "holdout=2", "eval_every=3", "save_every=3",
+            "eval_seconds=0.5", "eval_steps=2",
             "progress=false", "tensorboard=false", "cond_dropout=0.5", "batch_size=1",
-            f"cache={resumed['straight'].parent / 'cache-tiny'}", f"out={tmp_path / 'two'}"]
+            f"strategy={strategy}", f"cache={tmp_path / f'cache-{model.name}'}",
+            f"out={tmp_path / 'two'}"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", "-m", "m2ugen.cli", "train-decoder",
-                          "--config", str(ROOT / "configs" / "decoder_musicgen.yaml"), *args],
+                          "--config", str(ROOT / "configs" / f"decoder_{kind}.yaml"), *args],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert _losses(tmp_path / "two") == pytest.approx(_losses(resumed["straight"]), abs=1e-4)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(one), abs=1e-4)
+    a = _tensors(one / "decoder" / TUNED_TENSORS)
+    b = _tensors(tmp_path / "two" / "decoder" / TUNED_TENSORS)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert [p.name for p in (tmp_path / "two" / "samples").iterdir()] == ["step-000000003"]
 
 
 def test_the_saved_lora_is_small_and_chat_renders_with_it(resumed, tiny_dir, capsys):
