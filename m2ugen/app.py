@@ -41,7 +41,7 @@ from m2ugen.errors import (
     check_seed,
 )
 from m2ugen.loading import merge_lora_for_inference
-from m2ugen.media import MediaSpec, guess_modality, load_media, read_audio, save_audio
+from m2ugen.media import MediaSpec, guess_modality, load_attachment, save_audio
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import EDIT_STRENGTH, SCHEDULERS
 from m2ugen.music import MAX_SECONDS, MUSIC_MODES, RERANKERS, MusicResult, MusicSettings
@@ -160,14 +160,12 @@ def check_size(path: Path, max_mb: float) -> None:
 
 def load_attachments(files: Sequence[Attachment], spec: MediaSpec,
                      max_upload_mb: float) -> dict[str, Any]:
-    """Load each attachment as `spec` asks (`load_media`) → {"audio"|"image"|"video": data};
-    audio as (waveform, its own rate), which the encoder resamples and a decoder that hears
-    it (an edit) takes at full quality."""
+    """Load each attachment as `spec` asks (`load_attachment`: audio at its own rate)
+    → {"audio"|"image"|"video": data}."""
     media: dict[str, Any] = {}
     for a in files:
         check_size(a.path, max_upload_mb)
-        media[a.modality] = read_audio(a.path, spec.max_audio_seconds) \
-            if a.modality == "audio" else load_media(a.modality, a.path, spec)
+        media[a.modality] = load_attachment(a.modality, a.path, spec)
     return media
 
 
@@ -352,7 +350,7 @@ class AssistantApp:
             media = load_attachments(files, self.media_spec, self.limits.max_upload_mb)
             if not files and state.last_music is not None:
                 # an edit follow-up: the music this visitor was just given is the input
-                media["audio"] = read_audio(state.last_music, self.media_spec.max_audio_seconds)
+                media["audio"] = load_attachment("audio", state.last_music, self.media_spec)
                 shown.append({"role": "assistant",
                               "content": "Editing the music of my last reply.",
                               "metadata": {"title": "🎼 input: previous music"}})

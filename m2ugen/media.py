@@ -470,6 +470,15 @@ def load_media(modality: str, source: Any, spec: MediaSpec) -> Any:
     raise MediaError(f"{modality!r} is not a modality; use audio, image or video")
 
 
+def load_attachment(modality: str, path: PathLike, spec: MediaSpec) -> Any:
+    """A user's attachment decoded before the model loads (a bad file costs a second): as
+    `load_media`, except audio, which stays at the recording's own rate as (waveform,
+    rate) — the encoder resamples it, and a decoder that hears it (an edit) gets it whole."""
+    if modality == "audio":
+        return read_audio(path, max_seconds=spec.max_audio_seconds)
+    return load_media(modality, path, spec)
+
+
 def audio_source(source: Any, spec: MediaSpec) -> tuple[np.ndarray, int]:
     """Audio as a music decoder should hear it: (mono waveform, rate) at the recording's
     own rate for a path or a (waveform, rate) pair; a bare array is at the spec's rate."""

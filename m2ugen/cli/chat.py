@@ -28,7 +28,7 @@ def _load_attachments(args: argparse.Namespace) -> dict[str, Any]:
     """--audio / --image / --video → {modality: loaded value}, before the model loads: the
     model's media spec (audio rate, video frames) comes from its config files alone."""
     from m2ugen.config import MODALITIES
-    from m2ugen.media import load_media, read_audio
+    from m2ugen.media import load_attachment
     from m2ugen.model import M2UGen
 
     paths = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
@@ -37,10 +37,7 @@ def _load_attachments(args: argparse.Namespace) -> dict[str, Any]:
     if not paths:
         return {}
     spec = M2UGen.read_media_spec(args.model)
-    # audio at its own rate (the encoder resamples it; a decoder that hears it, an edit,
-    # gets the recording's full quality)
-    return {modality: read_audio(path, spec.max_audio_seconds) if modality == "audio"
-            else load_media(modality, path, spec) for modality, path in paths.items()}
+    return {modality: load_attachment(modality, path, spec) for modality, path in paths.items()}
 
 
 def _check_out(out: Path, writing: bool) -> None:
