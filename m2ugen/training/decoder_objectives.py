@@ -7,7 +7,8 @@ caption's T5 states and predicts the next position; cross-entropy over the codeb
 the positions that hold a code of the clip (not the delay padding, not the zero padding
 of a short clip).
 
-AudioLDM2: the clip's log-mel spectrogram goes through the VAE once (the latent
+AudioLDM2: the clip's log-mel spectrogram (`decoders.audioldm2.log_mel`, AudioLDM's own
+front end, the one edits use) goes through the VAE once (the latent
 distribution is cached); each step samples a latent, draws noise and a timestep, noises
 the latent with the scheduler's own `add_noise` (DDPM training noise on the checkpoint's
 schedule) and regresses the UNet's prediction on the scheduler's target (the noise for
@@ -35,17 +36,11 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
-from transformers.audio_utils import mel_filter_bank
 from transformers.modeling_outputs import BaseModelOutput
 
 from m2ugen.errors import ConfigError
 from m2ugen.modules.decoders import MUSICGEN_TOKENS
-
-# AudioLDM's mel front end (16 kHz: n_fft 1024, window 1024, fmax 8 kHz; the vocoder's hop
-# and bin count are read from its config)
-MEL_N_FFT = 1024
-MEL_FMAX = 8000.0
-LOG_FLOOR = 1e-5
+from m2ugen.modules.decoders.audioldm2 import MEL_FFT, MEL_FLOOR, log_mel
 
 
 def example_generator(seed: int, step: int, position: int) -> torch.Generator:
@@ -151,23 +146,6 @@ def musicgen_codes(decoder, wave: np.ndarray, seconds: float) -> tuple[torch.Ten
 # ---------------------------------------------------------------- AudioLDM2
 
 
-def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int, hop: int) -> torch.Tensor:
-    """AudioLDM's log-mel spectrogram (frames, n_mels): magnitude STFT (Hann, n_fft 1024,
-    reflect padding of (n_fft − hop) / 2, no centring) → Slaney mel → log(max(x, 1e-5)).
-    Exactly len(wave) / hop frames."""
-    x = torch.from_numpy(np.asarray(wave, dtype=np.float32))
-    pad = (MEL_N_FFT - hop) // 2
-    x = F.pad(x[None, None], (pad, pad), mode="reflect")[0, 0]
-    spec = torch.stft(x, MEL_N_FFT, hop_length=hop, win_length=MEL_N_FFT,
-                      window=torch.hann_window(MEL_N_FFT), center=False, return_complex=True)
-    bank = torch.from_numpy(mel_filter_bank(
-        num_frequency_bins=MEL_N_FFT // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
-        max_frequency=min(MEL_FMAX, sample_rate / 2), sampling_rate=sample_rate,
-        norm="slaney", mel_scale="slaney")).float()  # (freq, mels)
-    mel = spec.abs().T @ bank  # (frames, mels)
-    return torch.log(mel.clamp(min=LOG_FLOOR))
-
-
 def audioldm2_frames(decoder, seconds: float) -> int:
     """Mel frames of a clip as the pipeline sizes one (a multiple of the VAE's factor)."""
     pipe = decoder.pipe
@@ -183,14 +161,17 @@ def audioldm2_latents(decoder, wave: np.ndarray, seconds: float) -> tuple[torch.
     pipe = decoder.pipe
     hop = int(np.prod(pipe.vocoder.config.upsample_rates))
     frames = audioldm2_frames(decoder, seconds)
-    n = frames * hop
-    real = min(len(wave), n)
-    clip = np.zeros(n, dtype=np.float32)
+    real = min(len(wave), frames * hop)
+    clip = np.zeros(max(real, MEL_FFT), dtype=np.float32)
     clip[:real] = wave[:real]
+    # AudioLDM's own front end (the one edits use): peak 0.5, log-mel; silence after the clip
     mel = log_mel(clip, decoder.sample_rate, int(pipe.vocoder.config.model_in_dim), hop)
-    x = mel[None, None].to(pipe.vae.device, pipe.vae.dtype)  # (1, 1, frames, mels)
-    params = pipe.vae.encode(x).latent_dist.parameters[0]
-    return params.float().cpu(), int(math.ceil(real / hop / pipe.vae_scale_factor))
+    mel = mel[:min(frames, max(1, real // hop))]
+    valid = mel.shape[0]
+    mel = np.pad(mel, ((0, frames - valid), (0, 0)), constant_values=np.log(MEL_FLOOR))
+    x = torch.from_numpy(mel)[None, None].to(pipe.vae.device, pipe.vae.dtype)
+    params = pipe.vae.encode(x).latent_dist.parameters[0]  # (1, frames, mels) in
+    return params.float().cpu(), int(math.ceil(valid / pipe.vae_scale_factor))
 
 
 def diffusion_inputs(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
