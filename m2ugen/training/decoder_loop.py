@@ -20,7 +20,6 @@ shows it. Every `eval_every` steps the held-out captions are rendered into
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import Dataset
 
 from m2ugen.checkpoint import (
     CONFIG_NAME,
@@ -52,22 +49,19 @@ from m2ugen.data.audio_captions import (
     report_bad,
 )
 from m2ugen.data.batching import ResumableBatchSampler
-from m2ugen.data.cache import FeatureCache
-from m2ugen.data.formats import BadRecord
-from m2ugen.errors import ConfigError, MediaError
+from m2ugen.errors import ConfigError
 from m2ugen.loading import decoder_parameters, portable_config
-from m2ugen.media import load_audio, save_audio
+from m2ugen.media import save_audio
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import load_decoder
 from m2ugen.modules.decoders import tuning as tuned
 from m2ugen.presets import resolve_model
 from m2ugen.training.decoder_config import DecoderTrainConfig
+from m2ugen.training.decoder_data import FIELD, ClipDataset, cache_clips, collate_clips
 from m2ugen.training.decoder_objectives import (
     AudioLDM2Objective,
     MusicGenObjective,
-    audioldm2_latents,
     example_generator,
-    musicgen_codes,
 )
 from m2ugen.training.features import train_device
 from m2ugen.training.parallel import (
@@ -103,76 +97,6 @@ log = logging.getLogger(__name__)
 DECODER_DIR = "decoder"  # the fine-tuned decoder folder inside the run
 SAMPLES_DIR = "samples"
 CACHE_DIR = "decoder_cache"
-_FIELD = {"musicgen": "codes", "audioldm2": "latents"}  # what the cache holds per clip
-
-
-class ClipDataset(Dataset):
-    """Cached clips: {field: codes (K, T) or latent parameters (2C, T', F'), "valid":
-    frames of real audio, "caption"}."""
-
-    def __init__(self, items: list[dict]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
-
-
-def collate_clips(items: list[dict], field: str) -> dict:
-    return {field: torch.stack([it[field] for it in items]),
-            "valid": torch.tensor([it["valid"] for it in items]),
-            "captions": [it["caption"] for it in items]}
-
-
-def _key(kind: str, ref: str, dtype: torch.dtype, seconds: float, path: Path) -> str:
-    st = path.stat()
-    text = (f"{kind}|{Path(ref).resolve() if Path(ref).exists() else ref}|{fingerprint(ref)}|"
-            f"{dtype}|{seconds}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
-    return f"{_FIELD[kind]}-" + hashlib.sha1(text.encode()).hexdigest()
-
-
-def cache_clips(decoder, records: list[AudioCaption], cfg: DecoderTrainConfig, ref: str,
-                root: Path, rank: int, world: int) -> tuple[list[dict], list[BadRecord]]:
-    """Encode every clip once (rank 0; the others wait and read): EnCodec codes or VAE
-    latent parameters, keyed by the decoder, its dtype, the clip length and the file's
-    identity.
-    A file that does not decode is a bad record."""
-    kind = decoder.kind
-    dtype = next(p for _, p in decoder_parameters(decoder) if not p.requires_grad).dtype
-    keys = [_key(kind, ref, dtype, cfg.clip_seconds, r.audio) for r in records]
-    bad: list[BadRecord] = []
-    if rank == 0:
-        cache = FeatureCache(root)
-        encode = musicgen_codes if kind == "musicgen" else audioldm2_latents
-        todo = [i for i, k in enumerate(keys) if k not in cache]
-        if todo:
-            log.info("encoding %d of %d clips into %s (once)", len(todo), len(keys), root)
-        for n, i in enumerate(todo, 1):
-            rec = records[i]
-            try:
-                wave = load_audio(rec.audio, decoder.sample_rate)
-            except MediaError as e:
-                bad.append(BadRecord(Path(rec.source.rsplit("#", 1)[0]),
-                                     int(rec.source.rsplit("#", 1)[1]), rec.audio,
-                                     f"cannot decode: {e}"))
-                continue
-            value, valid = encode(decoder, wave, cfg.clip_seconds)
-            cache.add(keys[i], value)
-            cache.add(keys[i] + "-valid", torch.tensor([valid]))
-            if n % 64 == 0:
-                cache.flush()
-        cache.flush()
-    if world > 1:
-        shared = [bad]
-        dist.broadcast_object_list(shared, src=0)
-        bad = shared[0]
-    cache = FeatureCache(root)
-    items = [{_FIELD[kind]: cache.get(k), "valid": int(cache.get(k + "-valid")[0]),
-              "caption": quality_caption(r.caption, r.score, cfg.quality_threshold)}
-             for k, r in zip(keys, records, strict=True) if k in cache]
-    return items, bad
 
 
 class DecoderRun:
@@ -329,7 +253,7 @@ def train_decoder(cfg: DecoderTrainConfig, resume: bool = False) -> Path:
     metrics = MetricsLog(out, enabled=rank == 0, resume=resume, tensorboard=cfg.tensorboard,
                          resume_step=step)
     stream = batch_stream(dataset, sampler, epoch, batch_pos, cfg.num_workers,
-                          partial(collate_clips, field=_FIELD[decoder.kind]))
+                          partial(collate_clips, field=FIELD[decoder.kind]))
     start_step = step
     progress = progress_bar(cfg.max_steps, step, rank == 0 and cfg.progress,
                             f"decoder {decoder.kind}")
