@@ -58,6 +58,8 @@ def read_audio_captions(file: str | Path, data_format: str, root: str | Path | N
         raise ConfigError(f"data_format {data_format!r}: use one of {', '.join(DATA_FORMATS)}")
     if file.is_dir():
         raise ConfigError(f"{file}: is a directory; data= takes the {data_format} JSON file")
+    if not file.is_file():
+        raise ConfigError(f"{file}: {data_format} file not found; check data=")
     if not base.is_dir():
         raise ConfigError(f"{base}: audio directory not found; fix audio_root=")
     if data_format == "mucaps":
@@ -71,8 +73,6 @@ def read_audio_captions(file: str | Path, data_format: str, root: str | Path | N
 
 def _read_audioldm(file: Path, base: Path, score_column: str | None,
                    ) -> tuple[list[AudioCaption], list[BadRecord]]:
-    if not file.is_file():
-        raise ConfigError(f"{file}: metadata file not found; check data=")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
