@@ -18,6 +18,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from safetensors import safe_open
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from m2ugen.chat import ChatSession
 from m2ugen.cli import main
@@ -153,7 +154,10 @@ def test_two_gloo_ranks_equal_one_rank(synth, tiny_dir, tiny_audioldm2_dir, tmp_
     # 1 rank × batch 2, and 2 ranks × batch 1 (the same global batch), renders included
     model = tiny_dir if kind == "musicgen" else tiny_audioldm2_dir
     one = train_decoder(_cfg(synth, tmp_path / "one", model, max_steps=3, batch_size=2,
-                             eval_every=3, save_every=3))
+                             eval_every=3, save_every=3, tensorboard=True))
+    events = EventAccumulator(str(one / "tensorboard"), size_guidance={"audio": 0})
+    events.Reload()
+    assert events.Tags()["audio"] == ["samples/00", "samples/01"]  # the held-out renders
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = [f"model={model}", f"data={synth / 'mucaps.json'}",
             f"audio_root={synth / 'audio'}", "clip_seconds=1.0", "max_steps=3", "lr=1e-2",
