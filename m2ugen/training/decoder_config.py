@@ -45,6 +45,10 @@ class DecoderTrainConfig(RunConfig):
     eval_guidance: float = 3.0
     eval_scheduler: str = "dpm++"  # AudioLDM2's sampler for the renders
     eval_steps: int | None = None  # AudioLDM2: None = the sampler's default
+    # score each evaluation's renders against the held-out clips (`m2ugen eval folder`:
+    # FAD, KL, CLAP, …; embeddings: standard hub ids, tiny, or a JSON file)
+    eval_metrics: bool = False
+    eval_embeddings: str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -87,7 +91,13 @@ class DecoderTrainConfig(RunConfig):
         if self.eval_every and not self.holdout:
             raise ConfigError(f"{name('eval_every')}: evaluations render held-out captions; "
                               "set holdout=N (N >= 1) or eval_every=0")
-        for key in ("audio_root", "cache", "quality_column"):
+        if not isinstance(self.eval_metrics, bool):
+            raise ConfigError(f"{name('eval_metrics')} must be true or false, got "
+                              f"{self.eval_metrics!r}")
+        if self.eval_metrics and not self.eval_every:
+            raise ConfigError(f"{name('eval_metrics')}: scores the renders of evaluations; "
+                              "set eval_every=N or drop eval_metrics")
+        for key in ("audio_root", "cache", "quality_column", "eval_embeddings"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{name(key)} must be a non-empty string or null, got "

@@ -50,8 +50,9 @@ from m2ugen.data.audio_captions import (
 )
 from m2ugen.data.batching import ResumableBatchSampler
 from m2ugen.errors import ConfigError
+from m2ugen.eval.run import FolderRun, evaluate_folder
 from m2ugen.loading import decoder_parameters, portable_config
-from m2ugen.media import save_audio
+from m2ugen.media import load_audio, save_audio
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import load_decoder
 from m2ugen.modules.decoders import tuning as tuned
@@ -267,6 +268,7 @@ def train_decoder(cfg: DecoderTrainConfig, resume: bool = False) -> Path:
         step += 1
         epoch, batch_pos = next_position(micro, sampler)
         seen += cfg.batch_size * world * cfg.grad_accum
+        row: dict = {}
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             now = time.perf_counter()
             row = {"loss": loss, "lr": done.lr, "grad_norm": done.grad_norm,
@@ -276,13 +278,17 @@ def train_decoder(cfg: DecoderTrainConfig, resume: bool = False) -> Path:
             if scaler.is_enabled():
                 row.update(loss_scale=scaler.get_scale(), skipped=done.skipped,
                            skipped_steps=skipped_total)
-            metrics.write(step, row)
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{done.lr:.2e}")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            began = time.perf_counter()
             if rank == 0 or sharded:  # sharded weights: every rank takes part in a render
-                render_held_out(decoder, held, cfg, out, step, metrics, write=rank == 0)
+                row.update(render_held_out(decoder, held, cfg, out, step, metrics,
+                                           write=rank == 0))
             barrier(world)
+            t_last += time.perf_counter() - began  # samples_per_s counts training only
+        if row:  # the step's losses and, after an evaluation, its scores (eval_*)
+            metrics.write(step, row)
         stopping = cfg.stop_after is not None and step >= start_step + cfg.stop_after
         if step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
             trained = full_trained(run)  # collectives under FSDP: every rank
@@ -331,9 +337,10 @@ def _step(objective, net, micro, cfg: DecoderTrainConfig, step: int, world: int,
 
 
 def render_held_out(decoder, held: list[AudioCaption], cfg: DecoderTrainConfig, out: Path,
-                    step: int, metrics: MetricsLog, write: bool = True) -> Path:
+                    step: int, metrics: MetricsLog, write: bool = True) -> dict[str, float]:
     """Render the held-out captions (asked for "high quality" when the run tags quality)
-    into out/samples/step-N/ as WAVs, and into TensorBoard's audio tab when it logs."""
+    into out/samples/step-N/ as WAVs, and into TensorBoard's audio tab when it logs;
+    with eval_metrics, score them; returns the scores ({} without), named eval_*."""
     captions = [quality_caption(r.caption, None if cfg.quality_column is None else
                                 float("inf"), cfg.quality_threshold) for r in held]
     audio = decoder.generate_from_text(captions, cfg.eval_seconds, cfg.eval_guidance,
@@ -341,7 +348,7 @@ def render_held_out(decoder, held: list[AudioCaption], cfg: DecoderTrainConfig, 
                                        scheduler=cfg.eval_scheduler)
     folder = out / SAMPLES_DIR / f"step-{step:09d}"
     if not write:
-        return folder
+        return {}
     folder.mkdir(parents=True, exist_ok=True)
     peak = float(np.abs(audio).max()) or 1.0
     for i, (wave, caption) in enumerate(zip(audio, captions, strict=True)):
@@ -352,4 +359,31 @@ def render_held_out(decoder, held: list[AudioCaption], cfg: DecoderTrainConfig, 
             metrics.writer.add_text(f"samples/{i:02d}", caption, step)
     atomic_write_text(folder / "captions.json", json.dumps(captions, indent=2) + "\n")
     log.info("step %d: rendered %d held-out captions into %s", step, len(captions), folder)
-    return folder
+    if not cfg.eval_metrics:
+        return {}
+    scores = score_renders(decoder, held, captions, cfg, out, folder)
+    return {f"eval_{k}": v for k, v in scores.items()}
+
+
+def score_renders(decoder, held: list[AudioCaption], captions: list[str],
+                  cfg: DecoderTrainConfig, out: Path, folder: Path) -> dict[str, float]:
+    """`m2ugen eval folder` on one evaluation's renders: each against its held-out clip
+    (cut to eval_seconds, at the decoder's rate, in out/samples/reference/) and caption;
+    results.json and the table land in <folder>/eval/."""
+    reference = out / SAMPLES_DIR / "reference"
+    if not reference.is_dir():
+        n = int(round(cfg.eval_seconds * decoder.sample_rate))
+        for i, r in enumerate(held):
+            wave = load_audio(r.audio, decoder.sample_rate)[:n]
+            save_audio(reference / f"{i:02d}.wav", np.pad(wave, (0, n - len(wave))),
+                       decoder.sample_rate)
+    table = folder / "captions_mucaps.json"  # the format eval folder reads
+    atomic_write_text(table, json.dumps({f"{i:02d}.wav": c for i, c in enumerate(captions)}))
+    results = evaluate_folder(FolderRun(generated=folder, reference=reference,
+                                        out=folder / "eval", captions=table, label="renders",
+                                        device=str(decoder.device),
+                                        embeddings=cfg.eval_embeddings, seed=cfg.seed))
+    values = {k: float(v["value"]) for k, v in results["metrics"].items()
+              if isinstance(v.get("value"), (int, float))}
+    log.info("renders scored: %s", ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    return values

@@ -231,6 +231,9 @@ def test_audioldm_metadata_bad_records_and_quality_tags(synth, tiny_dir, tmp_pat
                  *over, "lora_rnak=4"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "lora_rnak" in err
+    with pytest.raises(ConfigError, match="eval_metrics .*set eval_every"):
+        load_train_config(None, [*over, "eval_metrics=true", "eval_every=0"],
+                          cls=DecoderTrainConfig)
     with pytest.raises(ConfigError, match="quality_column needs per-clip columns"):
         read_audio_captions(synth / "mucaps.json", "mucaps", synth / "audio", "score")
 
