@@ -50,7 +50,6 @@ from m2ugen.data.audio_captions import (
 )
 from m2ugen.data.batching import ResumableBatchSampler
 from m2ugen.errors import ConfigError
-from m2ugen.eval.run import FolderRun, evaluate_folder
 from m2ugen.loading import decoder_parameters, portable_config
 from m2ugen.media import load_audio, save_audio
 from m2ugen.model import M2UGen
@@ -370,6 +369,9 @@ def score_renders(decoder, held: list[AudioCaption], captions: list[str],
     """`m2ugen eval folder` on one evaluation's renders: each against its held-out clip
     (cut to eval_seconds, at the decoder's rate, in out/samples/reference/) and caption;
     results.json and the table land in <folder>/eval/."""
+    # heavy (the metric packages, ~5 s to import): only eval_metrics=true needs it
+    from m2ugen.eval.run import FolderRun, evaluate_folder
+
     reference = out / SAMPLES_DIR / "reference"
     if not reference.is_dir():
         n = int(round(cfg.eval_seconds * decoder.sample_rate))
