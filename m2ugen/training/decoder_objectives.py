@@ -29,6 +29,7 @@ draw what one rank draws and a resumed run what the uninterrupted one drew.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from transformers.modeling_outputs import BaseModelOutput
 from m2ugen.errors import ConfigError
 from m2ugen.modules.decoders import MUSICGEN_TOKENS
 from m2ugen.modules.decoders.audioldm2 import MEL_FFT, MEL_FLOOR, log_mel
+
+# AudioLDM2 captions whose conditioning is kept, in host memory (full size: up to ~2 MB each)
+CONDITIONING_CACHE = 1024
 
 
 def example_generator(seed: int, step: int, position: int) -> torch.Generator:
@@ -198,6 +202,7 @@ class AudioLDM2Objective(nn.Module):
         self.scheduler = DDPMScheduler.from_config(decoder.schedule)
         self.scaling = float(decoder.pipe.vae.config.scaling_factor)
         self.cond_dropout = cond_dropout
+        self._conditioning: OrderedDict[str, tuple] = OrderedDict()
 
     def fsdp_groups(self) -> tuple[list[nn.Module], set[nn.Parameter]]:
         """strategy=fsdp: each down / mid / up block, then the whole UNet (renders call it
@@ -233,12 +238,25 @@ class AudioLDM2Objective(nn.Module):
         """The pipeline's conditioning of each caption alone (T5 states (B, L, W) padded to
         the longest with their mask (B, L), GPT-2 states (B, 8, W')): encoded in a batch,
         GPT-2's generated states would depend on the other captions' padding."""
-        parts = [self.pipe.encode_prompt([t], device, num_waveforms_per_prompt=1,
-                                         do_classifier_free_guidance=False) for t in texts]
+        parts = [self._encode_one(t, device) for t in texts]
         length = max(e.shape[1] for e, _, _ in parts)
         embeds = torch.cat([F.pad(e, (0, 0, 0, length - e.shape[1])) for e, _, _ in parts])
         attn = torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m, _ in parts])
         return embeds, attn, torch.cat([g for _, _, g in parts])
+
+    def _encode_one(self, text: str, device: torch.device):
+        """One caption's conditioning, remembered (the encoders are frozen and GPT-2's eight
+        generated states cost eight forwards): the last CONDITIONING_CACHE captions."""
+        hit = self._conditioning.get(text)
+        if hit is None:
+            hit = tuple(t.cpu() for t in self.pipe.encode_prompt(
+                [text], device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False))
+            self._conditioning[text] = hit
+            if len(self._conditioning) > CONDITIONING_CACHE:
+                self._conditioning.popitem(last=False)
+        else:
+            self._conditioning.move_to_end(text)
+        return tuple(t.to(device) for t in hit)
 
     def forward(self, noisy, t, target, mask, embeds, attn, generated) -> torch.Tensor:
         """Summed squared error over the clip's latent elements (normalised by the caller)."""

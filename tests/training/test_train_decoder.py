@@ -121,8 +121,10 @@ def test_musicgen_lora_overfits_one_batch(synth, tiny_dir, tmp_path):
 
 
 def test_audioldm2_loss_falls_on_one_batch(synth, tiny_audioldm2_dir, tmp_path):
+    # two clips of 0.5 s, one global batch of two: every step sees the same clips
     out = train_decoder(_cfg(synth, tmp_path / "run", tiny_audioldm2_dir, max_steps=15,
-                             cond_dropout=0.0, tuning="full", lr=3e-3))
+                             cond_dropout=0.0, tuning="full", lr=3e-3, holdout=4,
+                             batch_size=2, clip_seconds=0.5))
     losses = _losses(out)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
