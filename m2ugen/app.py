@@ -44,6 +44,7 @@ from m2ugen.loading import merge_lora_for_inference
 from m2ugen.media import MediaSpec, guess_modality, load_attachment, save_audio
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import EDIT_STRENGTH, SCHEDULERS
+from m2ugen.modules.quantize import check_quantize, quantize_llm
 from m2ugen.music import MAX_SECONDS, MUSIC_MODES, RERANKERS, MusicResult, MusicSettings
 
 log = logging.getLogger("m2ugen")
@@ -258,8 +259,12 @@ class AssistantApp:
     """The loaded model and the per-visitor chat logic around it."""
 
     def __init__(self, model: M2UGen, limits: Limits | None = None,
-                 media_root: Path | None = None, judge: str | None = None) -> None:
+                 media_root: Path | None = None, judge: str | None = None,
+                 cache: str = "dynamic", compile: bool = False) -> None:
         self.model = model
+        # how every reply decodes (chat's --cache / --compile), checked now
+        self.decoding = {"cache": cache, "compile": compile}
+        GenerationSettings(**self.decoding).validate()
         self.judge_ref = judge  # the --rerank judge, loaded when first asked for
         self._judge = None
         self._judge_lock = threading.Lock()
@@ -347,6 +352,7 @@ class AssistantApp:
                                      guidance, steps, condition, seed, scheduler,
                                      num_candidates, rerank, edit_strength, hear_source)
             mono = not _flag(stereo, "stereo")
+            gen = dataclasses.replace(gen, **self.decoding)
             media = load_attachments(files, self.media_spec, self.limits.max_upload_mb)
             if not files and state.last_music is not None:
                 # an edit follow-up: the music this visitor was just given is the input
@@ -483,11 +489,14 @@ def _examples(examples_dir: Path, examples=EXAMPLES) -> list[dict[str, Any]]:
 def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
               dtype: str | None = "auto", trust_remote_code: bool = False,
               limits: Limits | None = None, examples_dir: Path | None = None,
-              judge: str | None = None) -> gr.Blocks:
+              judge: str | None = None, cache: str = "dynamic", compile: bool = False,
+              quantize: str | None = None) -> gr.Blocks:
     """The chat UI around `model` (a model directory, a preset name or a loaded M2UGen);
     `dtype` as --dtype (`loading.choose_dtype`; unused for a loaded model); `examples_dir`
     holds the media of the examples offered (None: no examples); `judge` the CLAP of
     Rerank (hub id, directory or "tiny"; None: the evaluation's), loaded when first used.
+    `cache`, `compile` and `quantize` are chat's --cache, --compile, --quantize: how every
+    reply is decoded (static cache, the compiled step; a torchao-quantized LLM).
 
     The AssistantApp is kept on the returned Blocks as `.assistant`.
     """
@@ -495,7 +504,10 @@ def build_app(model: str | Path | M2UGen = "tiny", *, device: str = "cpu",
         model = M2UGen.from_pretrained(model, device=device, dtype=dtype,
                                        trust_remote_code=trust_remote_code)
         merge_lora_for_inference(model)  # generation only: where it pays (logged)
-    app = AssistantApp(model, limits, judge=judge)
+    if quantize:
+        check_quantize(quantize, model.device, model.dtype)
+        quantize_llm(model.llm, quantize)
+    app = AssistantApp(model, limits, judge=judge, cache=cache, compile=compile)
     # delete_cache: Gradio's copies of uploads and music older than a day, checked daily
     with gr.Blocks(title="M2UGen", delete_cache=(86400, 86400),
                    analytics_enabled=False) as demo:

@@ -343,3 +343,30 @@ def test_the_app_loads_its_model_in_the_dtype_asked_for(tiny_dir):
     model = build_app(tiny_dir, dtype="bf16").assistant.model
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not any(m.merged for m in model.llm._mergeable())  # CPU: LoRA kept separate
+
+
+def test_the_app_decodes_as_asked(tiny_dir, monkeypatch, tmp_path, capsys):
+    """`m2ugen app --cache static --quantize int8` (build_app's cache / compile / quantize):
+    the LLM is quantized when it loads and every reply decodes with the static cache; a
+    combination the chat refuses is refused before anything loads."""
+    from m2ugen.chat import ChatSession
+    from m2ugen.cli import main
+
+    demo = build_app(str(tiny_dir), dtype="fp32", cache="static", quantize="int8")
+    app = demo.assistant
+    weight = app.model.llm.layers[0].self_attn.q_proj.get_base_layer().weight
+    assert weight.qdata.dtype == torch.int8
+    used = []
+    real = ChatSession.stream
+
+    def stream(self, message, **kwargs):
+        used.append(kwargs["settings"].cache)
+        return real(self, message, **kwargs)
+
+    monkeypatch.setattr(ChatSession, "stream", stream)
+    shown, _ = send(app, "Describe a calm piano piece.", music="never")
+    assert used == ["static"] and texts(shown)[0]
+    demo.close()
+    code = main(["app", "--model", str(tiny_dir), "--compile", "--port", "7869"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--compile" in err and "static" in err and len(err.splitlines()) == 1

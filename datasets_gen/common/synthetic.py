@@ -290,7 +290,8 @@ def build_tiny_music_captioner(out: Path, seed: int = 0) -> Path:
     from m2ugen.model import M2UGen
     from m2ugen.presets import tiny
 
-    def no_decoder(root: Path, decoder: str, corpus: list[str], seed: int) -> dict[str, int]:
+    def no_decoder(root: Path, decoder: str, corpus: list[str], seed: int,
+                   variant: str = "mono") -> dict[str, int]:
         return {"projector_tokens": 4, "projector_dim": 16}
 
     with mock.patch.object(tiny, "_save_decoder", no_decoder):

@@ -97,6 +97,19 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     _add_dtype(p)
     p.add_argument("--interactive", "-i", action="store_true", help="keep a conversation")
     p.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+    _add_decoding(p)
+    p.add_argument("--batch", type=Path, metavar="FILE.jsonl",
+                   help='answer every line of FILE ({"prompt": …, "audio"|"image"|"video": '
+                        'path, "seed": n, "music": "auto|always|never"}); needs --out-dir')
+    p.add_argument("--out-dir", type=Path, metavar="DIR",
+                   help="with --batch: DIR/replies.jsonl (in order) and DIR/reply-NNNN.wav")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="with --batch: requests the LLM answers at once (default 8)")
+    p.set_defaults(func=cmd_chat)
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    """How the LLM decodes (chat and the app): cache, compilation, quantization."""
     p.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
                    help="KV cache: dynamic (grows with the reply) or static (preallocated; "
                         "what --compile needs)")
@@ -106,14 +119,6 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="weight-only quantized LLM (torchao): int8 on CPU or GPU, int4 on CUDA "
                         "GPUs with --dtype bf16")
-    p.add_argument("--batch", type=Path, metavar="FILE.jsonl",
-                   help='answer every line of FILE ({"prompt": …, "audio"|"image"|"video": '
-                        'path, "seed": n, "music": "auto|always|never"}); needs --out-dir')
-    p.add_argument("--out-dir", type=Path, metavar="DIR",
-                   help="with --batch: DIR/replies.jsonl (in order) and DIR/reply-NNNN.wav")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N",
-                   help="with --batch: requests the LLM answers at once (default 8)")
-    p.set_defaults(func=cmd_chat)
 
 
 def _add_app(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +142,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
                    help="the CLAP model of the Rerank setting: hub id or directory, or tiny; "
                         "default: the CLAP `m2ugen eval` scores with (loaded when first used)")
     p.add_argument("--trust-remote-code", action="store_true", help=_TRUST_HELP)
+    _add_decoding(p)
     p.set_defaults(func=cmd_app)
 
 

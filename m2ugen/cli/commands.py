@@ -120,11 +120,15 @@ def cmd_app(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the app serves from threads
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests
     from m2ugen.app import Limits, build_app, check_port, launch
+    from m2ugen.generate import GenerationSettings
+    from m2ugen.modules.quantize import check_quantize
 
     # everything that needs no model first: a mistake costs a second, not a model load
     check_number(args.max_upload_mb, "--max-upload-mb", above=0.0)
     concurrency = check_number(args.concurrency, "--concurrency", integer=True, minimum=1)
     check_device(args.device, "--device")
+    check_quantize(args.quantize, args.device, None)
+    GenerationSettings(cache=args.cache, compile=args.compile).validate(flag_name)
     check_port(args.host, args.port)
     examples = args.examples_dir
     if examples is not None and not examples.is_dir():  # generated, never downloaded
@@ -135,7 +139,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     demo = build_app(args.model, device=args.device, dtype=args.dtype,
                      trust_remote_code=args.trust_remote_code,
                      limits=Limits(max_upload_mb=args.max_upload_mb, concurrency=concurrency),
-                     examples_dir=examples, judge=args.judge)
+                     examples_dir=examples, judge=args.judge, cache=args.cache,
+                     compile=args.compile, quantize=args.quantize)
     launch(demo, host=args.host, port=args.port, share=args.share,
            max_upload_mb=args.max_upload_mb, examples_dir=examples)
     return 0

@@ -160,13 +160,16 @@ APP_OK: dict[str, Any] = dict(temperature=0.6, top_p=0.8, max_new_tokens=16, mus
     ("max_new_tokens", NAN, "Max new tokens"), ("max_new_tokens", 12.5, "Max new tokens"),
     ("max_new_tokens", 10**9, "Max new tokens"),
     ("seconds", NAN, "Music seconds (seconds)"), ("seconds", -INF, "Music seconds (seconds)"),
-    ("seconds", 31, "Music seconds (seconds)"),
+    ("seconds", 301, "Music seconds (seconds)"),
     ("guidance", NAN, "Guidance"), ("guidance", -1, "Guidance"),
     ("steps", NAN, "Decoder steps (steps)"), ("steps", 2.5, "Decoder steps (steps)"),
     ("steps", 10**6, "Decoder steps (steps)"),
     ("seed", NAN, "Seed"), ("seed", INF, "Seed"), ("seed", -INF, "Seed"), ("seed", 1e30, "Seed"),
     ("seed", 2.5, "Seed"), ("seed", "x", "Seed"),
     ("music", 3, "Music"), ("music", "loud", "Music"), ("condition", None, "Condition"),
+    ("edit_strength", NAN, "Edit strength"), ("edit_strength", 0.0, "Edit strength"),
+    ("edit_strength", "x", "Edit strength"), ("hear_source", None, "Hear the source"),
+    ("hear_source", "yes", "Hear the source"),
 ])
 def test_app_settings_from_the_api(field, value, label):
     from m2ugen.app import make_settings

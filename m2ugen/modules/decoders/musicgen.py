@@ -242,26 +242,40 @@ class MusicGenDecoder(MusicDecoder):
             return self._output(audio, seconds)
         return self._long(inputs, batch, seconds, prompt)
 
+    def _state_inputs(self, conditioning: torch.Tensor, guidance: float,
+                      sources: list[np.ndarray] | None, seconds: float,
+                      edit_strength: float) -> tuple[dict, torch.Tensor | None]:
+        """(generate() kwargs, audio prompt) for conditioning states and the sources."""
+        b = conditioning.shape[0]
+        return self._external(conditioning, guidance), \
+            self._prompt(sources, b, seconds, edit_strength)
+
+    def _text_inputs(self, texts: list[str], guidance: float, sources: list[np.ndarray] | None,
+                     seconds: float, edit_strength: float) -> tuple[dict, torch.Tensor | None]:
+        """(generate() kwargs, audio prompt) for text prompts (the published path)."""
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        inputs = {**enc, "do_sample": True, "guidance_scale": guidance if guidance > 1 else None}
+        return inputs, self._prompt(sources, len(texts), seconds, edit_strength)
+
+    def _seeded(self, inputs: dict, prompt: torch.Tensor | None, batch: int, seconds: float,
+                seed: int) -> np.ndarray:
+        with self._rng():
+            torch.manual_seed(seed)
+            return self._render(inputs, batch, seconds, prompt)
+
     @torch.no_grad()
     def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float, seed: int,
                  steps: int | None = None, scheduler: str | None = None,
                  sources: list[np.ndarray] | None = None,
                  edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
-        b = conditioning.shape[0]
-        inputs = self._external(conditioning, guidance)
-        prompt = self._prompt(sources, b, seconds, edit_strength)
-        with self._rng():
-            torch.manual_seed(seed)
-            return self._render(inputs, b, seconds, prompt)
+        inputs, prompt = self._state_inputs(conditioning, guidance, sources, seconds,
+                                            edit_strength)
+        return self._seeded(inputs, prompt, conditioning.shape[0], seconds, seed)
 
     @torch.no_grad()
     def generate_from_text(self, texts: list[str], seconds: float, guidance: float, seed: int,
                            steps: int | None = None, scheduler: str | None = None,
                            sources: list[np.ndarray] | None = None,
                            edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        inputs = {**enc, "do_sample": True, "guidance_scale": guidance if guidance > 1 else None}
-        prompt = self._prompt(sources, len(texts), seconds, edit_strength)
-        with self._rng():
-            torch.manual_seed(seed)
-            return self._render(inputs, len(texts), seconds, prompt)
+        inputs, prompt = self._text_inputs(texts, guidance, sources, seconds, edit_strength)
+        return self._seeded(inputs, prompt, len(texts), seconds, seed)

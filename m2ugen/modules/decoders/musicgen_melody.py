@@ -39,7 +39,6 @@ from transformers import (
 from transformers.audio_utils import chroma_filter_bank, spectrogram, window_function
 
 from m2ugen.errors import ConfigError
-from m2ugen.modules.decoders import EDIT_STRENGTH
 from m2ugen.modules.decoders.musicgen import MusicGenDecoder
 
 
@@ -150,28 +149,16 @@ class MusicGenMelodyDecoder(MusicGenDecoder):
                 "encoder_hidden_states": self._prefix(text_states, chroma, guidance),
                 "guidance_scale": guidance if guidance > 1 else None, "do_sample": True}
 
-    @torch.no_grad()
-    def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float, seed: int,
-                 steps: int | None = None, scheduler: str | None = None,
-                 sources: list[np.ndarray] | None = None,
-                 edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
-        b = conditioning.shape[0]
-        inputs = self._inputs(conditioning, guidance,
-                              self._chroma(sources, b, seconds, edit_strength))
-        with self._rng():
-            torch.manual_seed(seed)
-            return self._render(inputs, b, seconds, None)
+    def _state_inputs(self, conditioning: torch.Tensor, guidance: float,
+                      sources: list[np.ndarray] | None, seconds: float,
+                      edit_strength: float) -> tuple[dict, None]:
+        chroma = self._chroma(sources, conditioning.shape[0], seconds, edit_strength)
+        return self._inputs(conditioning, guidance, chroma), None  # no audio prompt
 
-    @torch.no_grad()
-    def generate_from_text(self, texts: list[str], seconds: float, guidance: float, seed: int,
-                           steps: int | None = None, scheduler: str | None = None,
-                           sources: list[np.ndarray] | None = None,
-                           edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
+    def _text_inputs(self, texts: list[str], guidance: float, sources: list[np.ndarray] | None,
+                     seconds: float, edit_strength: float) -> tuple[dict, None]:
         enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         states = self.model.text_encoder(**enc).last_hidden_state
         states = states * enc["attention_mask"][..., None].to(states.dtype)  # as transformers
-        inputs = self._inputs(states, guidance,
-                              self._chroma(sources, len(texts), seconds, edit_strength))
-        with self._rng():
-            torch.manual_seed(seed)
-            return self._render(inputs, len(texts), seconds, None)
+        chroma = self._chroma(sources, len(texts), seconds, edit_strength)
+        return self._inputs(states, guidance, chroma), None
