@@ -212,7 +212,8 @@ def test_app_command_passes_every_option_and_writes_the_examples(served, tmp_pat
     model, kw = served["build"]
     assert model == "my-model" and kw == {
         "device": "cpu", "dtype": "bf16", "trust_remote_code": True, "examples_dir": examples,
-        "limits": Limits(max_upload_mb=5.0, concurrency=3), "judge": "my-clap"}
+        "limits": Limits(max_upload_mb=5.0, concurrency=3), "judge": "my-clap",
+        "cache": "dynamic", "compile": False, "quantize": None}
     assert served["launch"] == ("demo", {"host": "127.0.0.1", "port": port, "share": True,
                                          "max_upload_mb": 5.0, "examples_dir": examples})
 
