@@ -77,13 +77,23 @@ def trained_parameters(model: nn.Module,
     return out
 
 
-def set_stage(model: nn.Module, stage: int) -> int:
-    """Make exactly the stage's declared groups trainable; returns the count."""
+def stage_groups(stage: int, extra: Sequence[str] = ()) -> frozenset[str]:
+    """The groups a stage trains: its declared set plus `extra` (TrainConfig.extra_groups)."""
     if stage not in STAGE_GROUPS:
         raise ConfigError(f"stage {stage} is unknown; stages are 1, 2, 3")
+    unknown = sorted(set(extra) - set(GROUP_PATTERNS))
+    if unknown:
+        raise ConfigError(f"trained-tensor groups {', '.join(unknown)} are unknown; groups "
+                          f"are {', '.join(GROUP_PATTERNS)}")
+    return STAGE_GROUPS[stage] | frozenset(extra)
+
+
+def set_stage(model: nn.Module, stage: int, extra: Sequence[str] = ()) -> int:
+    """Make exactly the stage's declared groups (and `extra`) trainable; returns the count."""
+    groups = stage_groups(stage, extra)
     model.llm.unmerge()  # training needs the deltas separate from the base weights
     model.requires_grad_(False)
-    params = trained_parameters(model, STAGE_GROUPS[stage])
+    params = trained_parameters(model, groups)
     for p in params.values():
         p.requires_grad_(True)
     return sum(p.numel() for p in params.values())

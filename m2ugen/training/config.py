@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import yaml
 
 from m2ugen.errors import ConfigError, check_device, check_number, check_seed
+from m2ugen.trained import GROUP_PATTERNS
 
 
 @dataclass
@@ -127,6 +128,10 @@ class TrainConfig(RunConfig):
     # "standard": start the trained tensors from the standard inits (zero gates, zero
     # LoRA B) as when training from a base model; "keep": continue from the model's own
     init_trained: str = "keep"
+    # trained-tensor groups (m2ugen/trained.py GROUP_PATTERNS) this stage trains besides its
+    # own (STAGE_GROUPS), e.g. [projector] in stage 3, so the output projector follows the
+    # [AUD] states that stage 3's LoRA moves; [] (the published recipe): the stage's own
+    extra_groups: list[str] = field(default_factory=list)
     data: str = "data/synth/dataset.yaml"  # dataset spec (m2ugen/data/spec.py)
     max_len: int = 512
     group_by_length: bool = False
@@ -150,6 +155,15 @@ class TrainConfig(RunConfig):
                                                or not self.feature_cache.strip()):
             raise ConfigError(f"{name('feature_cache')} must be a directory path or null, got "
                               f"{self.feature_cache!r}")
+        if (not isinstance(self.extra_groups, (list, tuple))
+                or not all(isinstance(g, str) for g in self.extra_groups)):
+            raise ConfigError(f"{name('extra_groups')} must be a list of group names like "
+                              f"[projector], got {self.extra_groups!r}")
+        unknown = sorted(set(self.extra_groups) - set(GROUP_PATTERNS))
+        if unknown:
+            raise ConfigError(f"{name('extra_groups')}: unknown groups {', '.join(unknown)}; "
+                              f"groups are {', '.join(GROUP_PATTERNS)}")
+        self.extra_groups = list(self.extra_groups)
         if self.init_trained not in ("keep", "standard"):
             raise ConfigError(f"{name('init_trained')} {self.init_trained!r}: use keep or "
                               "standard")

@@ -33,7 +33,7 @@ from torch import nn
 from m2ugen.config import MODALITIES, M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError
 from m2ugen.modules.adapters import OutputProjector, UnderstandingAdapter
-from m2ugen.trained import STAGE_GROUPS, trained_parameters
+from m2ugen.trained import stage_groups, trained_parameters
 from m2ugen.training.config import TrainConfig
 
 GiB = 1024 ** 3
@@ -170,7 +170,7 @@ def architecture(cfg: TrainConfig, music: bool) -> Architecture:
         llm = wrap_llm(LlamaForCausalLM(hf), tokenizer, config)
         shell = _Shell(config, llm)
     trained = trained_parameters(shell)
-    trainable = trained_parameters(shell, STAGE_GROUPS[cfg.stage])
+    trainable = trained_parameters(shell, stage_groups(cfg.stage, cfg.extra_groups))
     trained_ids = {id(p) for p in trained.values()}
     frozen_llm = sum(p.numel() for p in llm.parameters() if id(p) not in trained_ids)
     other = {m: _component(getattr(config, key), base, notes)

@@ -278,3 +278,23 @@ def test_fp16_with_a_gradient_scaler_skips_an_overflow_and_resumes_its_scale(spe
     assert rows[2]["loss_scale"] == scale / 2  # from the saved scale, not a fresh one
     assert rows[2]["skipped_steps"] == skipped + 1
     assert "step 3: fp16 gradients overflowed" in caplog.text
+
+
+def test_extra_groups_train_the_projector_in_stage3(spec, tiny_dir, tmp_path):
+    """`extra_groups=[projector]`: stage 3 (music requests in its data) moves the output
+    projector, which its own set leaves as it was; an unknown group is refused."""
+    start = load_file(str(tiny_dir / TRAINED_NAME))
+    moved = {}
+    for extra in ([], ["projector"]):
+        out = train(_cfg(spec, tmp_path / f"s3-{len(extra)}", tiny_dir, stage=3,
+                         init_trained="keep", max_steps=3, warmup_steps=0,
+                         extra_groups=extra), resume=False)
+        after = load_file(str(out / TRAINED_NAME))
+        moved[tuple(extra)] = {k for k in after if not torch.equal(after[k], start[k])}
+    assert not any(k.startswith("projector.") for k in moved[()])
+    assert any(k.startswith("projector.") for k in moved[("projector",)])
+    assert moved[()] and moved[()] <= moved[("projector",)]  # the stage's own set trained
+    with pytest.raises(M2UGenError, match="unknown groups colour"):
+        load_train_config(ROOT / "configs" / "stage3.yaml", ["extra_groups=[colour]"])
+    assert load_train_config(ROOT / "configs" / "stage3.yaml",
+                             ["extra_groups=[projector]"]).extra_groups == ["projector"]
