@@ -255,10 +255,11 @@ class M2UGen(nn.Module):
         """Clean name → parameter for the trained tensors (all groups, or those given)."""
         return trained.trained_parameters(self, groups)
 
-    def set_stage(self, stage: int, extra: Sequence[str] = ()) -> int:
-        """Make exactly the stage's declared groups (and `extra`) trainable; returns the
-        count."""
-        return trained.set_stage(self, stage, extra)
+    def set_stage(self, stage: int, extra: Sequence[str] = (),
+                  frozen: Sequence[str] = ()) -> int:
+        """Make exactly the stage's declared groups (and `extra`, less `frozen`) trainable;
+        returns the count."""
+        return trained.set_stage(self, stage, extra, frozen)
 
     def reset_trained(self, seed: int = 0) -> None:
         """Standard initial values for every trained tensor (`trained.reset_trained`)."""

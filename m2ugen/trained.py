@@ -77,20 +77,24 @@ def trained_parameters(model: nn.Module,
     return out
 
 
-def stage_groups(stage: int, extra: Sequence[str] = ()) -> frozenset[str]:
-    """The groups a stage trains: its declared set plus `extra` (TrainConfig.extra_groups)."""
+def stage_groups(stage: int, extra: Sequence[str] = (),
+                 frozen: Sequence[str] = ()) -> frozenset[str]:
+    """The groups a stage trains: its declared set plus `extra` (TrainConfig.extra_groups),
+    less `frozen` (TrainConfig.frozen_groups)."""
     if stage not in STAGE_GROUPS:
         raise ConfigError(f"stage {stage} is unknown; stages are 1, 2, 3")
-    unknown = sorted(set(extra) - set(GROUP_PATTERNS))
+    unknown = sorted((set(extra) | set(frozen)) - set(GROUP_PATTERNS))
     if unknown:
         raise ConfigError(f"trained-tensor groups {', '.join(unknown)} are unknown; groups "
                           f"are {', '.join(GROUP_PATTERNS)}")
-    return STAGE_GROUPS[stage] | frozenset(extra)
+    return (STAGE_GROUPS[stage] | frozenset(extra)) - frozenset(frozen)
 
 
-def set_stage(model: nn.Module, stage: int, extra: Sequence[str] = ()) -> int:
-    """Make exactly the stage's declared groups (and `extra`) trainable; returns the count."""
-    groups = stage_groups(stage, extra)
+def set_stage(model: nn.Module, stage: int, extra: Sequence[str] = (),
+              frozen: Sequence[str] = ()) -> int:
+    """Make exactly the stage's declared groups (and `extra`, less `frozen`) trainable;
+    returns the count."""
+    groups = stage_groups(stage, extra, frozen)
     model.llm.unmerge()  # training needs the deltas separate from the base weights
     model.requires_grad_(False)
     params = trained_parameters(model, groups)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import yaml
 
 from m2ugen.errors import ConfigError, check_device, check_number, check_seed
-from m2ugen.trained import GROUP_PATTERNS
+from m2ugen.trained import GROUP_PATTERNS, stage_groups
 
 
 @dataclass
@@ -132,6 +132,11 @@ class TrainConfig(RunConfig):
     # own (STAGE_GROUPS), e.g. [projector] in stage 3, so the output projector follows the
     # [AUD] states that stage 3's LoRA moves; [] (the published recipe): the stage's own
     extra_groups: list[str] = field(default_factory=list)
+    # groups of the stage's own set it leaves frozen, e.g. stage 2 with [lora, bias, norm,
+    # prefix_query]: only the projector and the [AUD] rows train, on [AUD] states the LLM
+    # no longer moves (no LLM weight gradients: a cheaper step), and stage 3's LoRA starts
+    # from stage 1's; [] (the published recipe): the whole set trains
+    frozen_groups: list[str] = field(default_factory=list)
     data: str = "data/synth/dataset.yaml"  # dataset spec (m2ugen/data/spec.py)
     max_len: int = 512
     group_by_length: bool = False
@@ -139,6 +144,19 @@ class TrainConfig(RunConfig):
     # let a MERT whose config needs its own Python code (auto_map) run it: the user's
     # opt-in, as `m2ugen chat --trust-remote-code`; the model directory cannot grant it
     trust_remote_code: bool = False
+
+    def _groups(self, key: str, example: str) -> list[str]:
+        """A list of trained-tensor group names (extra_groups, frozen_groups), checked."""
+        value = getattr(self, key)
+        if (not isinstance(value, (list, tuple))
+                or not all(isinstance(g, str) for g in value)):
+            raise ConfigError(f"{self._name(key)} must be a list of group names like "
+                              f"{example}, got {value!r}")
+        unknown = sorted(set(value) - set(GROUP_PATTERNS))
+        if unknown:
+            raise ConfigError(f"{self._name(key)}: unknown groups {', '.join(unknown)}; "
+                              f"groups are {', '.join(GROUP_PATTERNS)}")
+        return list(value)
 
     def validate(self) -> None:
         if not isinstance(self.trust_remote_code, bool):
@@ -155,15 +173,16 @@ class TrainConfig(RunConfig):
                                                or not self.feature_cache.strip()):
             raise ConfigError(f"{name('feature_cache')} must be a directory path or null, got "
                               f"{self.feature_cache!r}")
-        if (not isinstance(self.extra_groups, (list, tuple))
-                or not all(isinstance(g, str) for g in self.extra_groups)):
-            raise ConfigError(f"{name('extra_groups')} must be a list of group names like "
-                              f"[projector], got {self.extra_groups!r}")
-        unknown = sorted(set(self.extra_groups) - set(GROUP_PATTERNS))
-        if unknown:
-            raise ConfigError(f"{name('extra_groups')}: unknown groups {', '.join(unknown)}; "
-                              f"groups are {', '.join(GROUP_PATTERNS)}")
-        self.extra_groups = list(self.extra_groups)
+        self.extra_groups = self._groups("extra_groups", "[projector]")
+        self.frozen_groups = self._groups("frozen_groups", "[lora, bias]")
+        both = sorted(set(self.extra_groups) & set(self.frozen_groups))
+        if both:
+            raise ConfigError(f"{name('frozen_groups')} and {name('extra_groups')} both name "
+                              f"{', '.join(both)}: a group is trained or frozen, not both")
+        left = stage_groups(self.stage, self.extra_groups) - set(self.frozen_groups)
+        if not left:
+            raise ConfigError(f"{name('frozen_groups')} {self.frozen_groups} freezes every "
+                              f"group stage {self.stage} trains: leave at least one")
         if self.init_trained not in ("keep", "standard"):
             raise ConfigError(f"{name('init_trained')} {self.init_trained!r}: use keep or "
                               "standard")

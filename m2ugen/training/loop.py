@@ -77,7 +77,7 @@ def build(cfg: TrainConfig, device: torch.device, world: int, rank: int):
                                    decoder=needs_decoder(examples))
     if cfg.init_trained == "standard":
         model.reset_trained(cfg.seed)
-    n_trainable = model.set_stage(cfg.stage, cfg.extra_groups)
+    n_trainable = model.set_stage(cfg.stage, cfg.extra_groups, cfg.frozen_groups)
     # every trained tensor stays fp32 (autocast computes in bf16/fp16): the ones this stage
     # trains are master weights, the others (e.g. stage-1 adapters in stage 2) are saved
     # again and must not lose precision on the way through a bf16 model

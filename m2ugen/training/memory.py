@@ -170,7 +170,8 @@ def architecture(cfg: TrainConfig, music: bool) -> Architecture:
         llm = wrap_llm(LlamaForCausalLM(hf), tokenizer, config)
         shell = _Shell(config, llm)
     trained = trained_parameters(shell)
-    trainable = trained_parameters(shell, stage_groups(cfg.stage, cfg.extra_groups))
+    trainable = trained_parameters(
+        shell, stage_groups(cfg.stage, cfg.extra_groups, cfg.frozen_groups))
     trained_ids = {id(p) for p in trained.values()}
     frozen_llm = sum(p.numel() for p in llm.parameters() if id(p) not in trained_ids)
     other = {m: _component(getattr(config, key), base, notes)

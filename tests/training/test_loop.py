@@ -20,6 +20,7 @@ from m2ugen.data.batching import collate
 from m2ugen.data.synth import write_synthetic_dataset
 from m2ugen.errors import M2UGenError
 from m2ugen.model import M2UGen
+from m2ugen.trained import stage_groups, tensor_group
 from m2ugen.training.config import TrainConfig, load_train_config
 from m2ugen.training.features import batch_features, batch_music
 from m2ugen.training.loop import build, lr_at, train
@@ -298,3 +299,25 @@ def test_extra_groups_train_the_projector_in_stage3(spec, tiny_dir, tmp_path):
         load_train_config(ROOT / "configs" / "stage3.yaml", ["extra_groups=[colour]"])
     assert load_train_config(ROOT / "configs" / "stage3.yaml",
                              ["extra_groups=[projector]"]).extra_groups == ["projector"]
+
+
+def test_frozen_groups_leave_the_llm_as_it_was_in_stage2(spec, tiny_dir, tmp_path):
+    """`frozen_groups=[lora, bias, norm, prefix_query]`: stage 2 trains only the projector
+    and the [AUD] rows; every frozen tensor is saved bit-identical to the stage's start.
+    Naming a group both ways, or freezing the whole set, is refused."""
+    frozen = ["lora", "bias", "norm", "prefix_query"]
+    start = load_file(str(tiny_dir / TRAINED_NAME))
+    out = train(_cfg(spec, tmp_path / "s2", tiny_dir, stage=2, init_trained="keep",
+                     max_steps=3, warmup_steps=0, frozen_groups=frozen), resume=False)
+    after = load_file(str(out / TRAINED_NAME))
+    moved = {tensor_group(k) for k in after if not torch.equal(after[k], start[k])}
+    assert moved == {"projector", "new_tokens"}, moved
+    assert stage_groups(2, (), frozen) == {"projector", "new_tokens"}
+    with pytest.raises(M2UGenError, match="trained or frozen, not both"):
+        load_train_config(ROOT / "configs" / "stage3.yaml",
+                          ["extra_groups=[projector]", "frozen_groups=[projector]"])
+    with pytest.raises(M2UGenError, match="freezes every group stage 2 trains"):
+        load_train_config(ROOT / "configs" / "stage2.yaml", [
+            "frozen_groups=[lora, bias, norm, prefix_query, projector, new_tokens]"])
+    with pytest.raises(M2UGenError, match="unknown groups colour"):
+        load_train_config(ROOT / "configs" / "stage2.yaml", ["frozen_groups=[colour]"])
