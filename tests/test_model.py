@@ -75,6 +75,22 @@ def test_tiny_build_is_deterministic(tmp_path):
     assert not torch.equal(c["llm.gates"], ta["llm.gates"])
 
 
+def test_tiny_without_a_decoder_chats_but_has_no_decoder(tmp_path, media_arrays):
+    """`build_tiny(with_decoder=False)` (the dataset pipelines' captioner kit): no decoder
+    directory, the stand-in conditioning shape, and the model answers about its inputs."""
+    out = build_tiny(tmp_path / "kit", seed=0, model_cls=M2UGen, with_decoder=False)
+    assert not (out / "musicgen").exists() and (out / "mert").is_dir()
+    model = M2UGen.from_pretrained(out, decoder=False)
+    cfg = json.loads((out / "m2ugen.json").read_text())
+    assert (cfg["projector_tokens"], cfg["projector_dim"]) == (4, 16)
+    hidden = torch.zeros(1, 8, model.config.llm_dim)
+    assert model.project(hidden).shape == (1, 4, 16)
+    with torch.no_grad():
+        seen = model.media_prompts(1, audio=media_arrays["audio"])
+        unseen = model.media_prompts(1)
+    assert not torch.equal(seen, unseen)
+
+
 def test_mismatched_trained_tensors_are_named(tiny_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_dir, bad)

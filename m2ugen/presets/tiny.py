@@ -152,11 +152,19 @@ def _randomize_trained(model, seed: int) -> None:
                 p.copy_(0.5 * noise)
 
 
+# the projector's conditioning shape in a tiny directory written without a decoder
+NO_DECODER_SHAPE = {"projector_tokens": 4, "projector_dim": 16}
+
+
 def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
-               force: bool = False, *, model_cls: type, variant: str = "mono") -> Path:
+               force: bool = False, *, model_cls: type, variant: str = "mono",
+               with_decoder: bool = True) -> Path:
     """Write the tiny preset's model directory to `out`. Deterministic per seed;
     `variant` (TINY_VARIANTS) "stereo": a stereo MusicGen (`tiny-stereo`), "melody":
-    MusicGen-Melody (`tiny-melody`).
+    MusicGen-Melody (`tiny-melody`). `with_decoder=False` writes no decoder directory (the
+    model then loads only with `decoder=False`; the projector gets a small stand-in
+    conditioning shape): for tools that use the LLM and encoders only, e.g. the dataset
+    pipelines' tiny captioner.
 
     `out` may be new, empty or a model directory (only our files in it are replaced); any
     other non-empty directory needs `force` (checkpoint.model_directory).
@@ -178,7 +186,8 @@ def build_tiny(out: str | Path, decoder: str = "musicgen", seed: int = 0,
                               bos_token_id=1, eos_token_id=2)
         LlamaForCausalLM(llm_cfg).save_pretrained(root / "llm")
         dims = _save_encoders(root)
-        dims |= _save_decoder(root, decoder, corpus, seed, variant)
+        dims |= (_save_decoder(root, decoder, corpus, seed, variant) if with_decoder
+                 else NO_DECODER_SHAPE)
         extra = {"tiny_version": TINY_VERSION, "seed": seed}
         if variant != "mono":  # mono directories built before this field stay current
             extra["variant"] = variant
