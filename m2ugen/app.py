@@ -399,6 +399,7 @@ class AssistantApp:
             return
         progress((0, None), desc=f"rendering {mus.seconds:g} s of music…")
         shown.append({"role": "assistant", "content": f"🎵 rendering {mus.seconds:g} s of music…"})
+        delivered = False  # the players were yielded: a Stop after that takes nothing back
         try:
             yield shown, None, state
             try:
@@ -423,10 +424,12 @@ class AssistantApp:
             shown[-1:] = [music_message(p, label)
                           for p, label in zip(paths, labels, strict=True)]
             state.last_music = paths[0]
+            delivered = True
             yield shown, None, state
         except GeneratorExit:  # Stop before the music was shown: the visitor has none
-            shown[-1] = {"role": "assistant", "content": "(music stopped)"}
-            state.last_music = None
+            if not delivered:
+                shown[-1] = {"role": "assistant", "content": "(music stopped)"}
+                state.last_music = None
             raise
 
 

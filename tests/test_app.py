@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import gradio as gr
 import numpy as np
 import pytest
 import soundfile as sf
@@ -221,6 +222,22 @@ def test_stop_while_music_renders_leaves_no_music_to_edit(app):
         shown, _, state = next(updates)
     updates.close()
     assert shown[-1]["content"] == "(music stopped)" and state.last_music is None
+
+
+def test_stop_after_the_music_was_shown_keeps_it(app):
+    """A Stop that reaches the last update (the players already shown) takes nothing back:
+    the player stays in the conversation and the music can still be edited."""
+    updates = app.respond("A march.", None, **SETTINGS)
+    for update in updates:
+        shown, _, state = update
+        if state.last_music is not None:
+            break
+    else:
+        pytest.fail("no music was shown")
+    player = shown[-1]
+    updates.close()
+    assert shown[-1] is player and isinstance(player["content"], gr.Audio)
+    assert state.last_music is not None and state.last_music.is_file()
     assert len(state.session.history) == 1  # the text reply itself was complete
 
 
