@@ -10,7 +10,7 @@ import torch
 from m2ugen.chat import ChatSession, GenerationSettings
 from m2ugen.cli import main
 from m2ugen.errors import ChatError
-from m2ugen.music import MusicSettings
+from m2ugen.music import MusicResult, MusicSettings, rank_candidates, render_music
 
 PATHS = {
     "text": ([], "Generate a calm piano melody."),
@@ -163,3 +163,52 @@ def test_a_render_without_seed_draws_one(tiny_model):
                                                             seed=0))
     music = session.render(result, MusicSettings(music="always", seconds=0.2))
     assert isinstance(music.seed, int) and 0 <= music.seed < 2 ** 31
+
+
+class _ListJudge:
+    """A judge (the `Judge` protocol) that hands back plain Python floats, as any judge
+    may: `rank_candidates` is what is tested, not a scoring model."""
+
+    name, ref = "fixed", "fixed-scores"
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores, self.calls = scores, []
+
+    def score(self, text, waveforms, sample_rate):
+        self.calls.append((text, waveforms.shape, sample_rate))
+        return self.scores
+
+
+def test_ranking_is_best_first_float32_and_ties_keep_render_order():
+    """Scores come back as the MusicResult promises, (candidates,) float32 descending,
+    whatever type the judge returns; equal scores keep their render order."""
+    waves = np.arange(4, dtype=np.float32)[:, None] * np.ones((4, 8), np.float32)
+    judge = _ListJudge([0.25, 0.75, 0.25, 0.5])
+    result = rank_candidates(MusicResult(waves, 16000, "embedding", 0.5, 0), judge, "rain")
+    assert judge.calls == [("rain", (4, 8), 16000)]
+    assert result.ranking == (1, 3, 0, 2)
+    assert result.scores.dtype == np.float32
+    np.testing.assert_array_equal(result.scores, [0.75, 0.5, 0.25, 0.25])
+    np.testing.assert_array_equal(result.waveforms[:, 0], [1, 3, 0, 2])
+    assert (result.judge, result.judged_text) == ("fixed-scores", "rain")
+
+
+@pytest.mark.parametrize("against, other", [("request", "reply"), ("reply", "request")])
+def test_an_empty_judged_text_is_refused_before_rendering_and_names_the_other(
+        tiny_model, against, other):
+    """Reranking against an empty text is refused before anything renders (the judge is
+    never asked), and the error points to the other text, which is not empty."""
+    judge = _ListJudge([0.0, 1.0])
+    judge.name = "clap"
+    settings = MusicSettings(rerank="clap", rerank_against=against, num_candidates=2,
+                             seconds=0.2, seed=0)
+    texts = {"request": "", "reply": "A calm piano piece."}
+    if against == "reply":
+        texts = {"request": "Some calm piano, please.", "reply": "  "}
+    hidden = torch.zeros(8, tiny_model.config.llm_dim)
+    with pytest.raises(ChatError) as info:
+        render_music(tiny_model, hidden, texts["reply"], settings, judge,
+                     request=texts["request"])
+    assert f"rerank_against={other}" in str(info.value)
+    assert f"rerank_against={against}" in str(info.value)
+    assert judge.calls == []
