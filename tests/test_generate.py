@@ -238,3 +238,34 @@ def test_a_left_padded_batch_gives_each_reply_alone(tiny_model, media_arrays, ca
         assert row.audio_hidden is not None
         torch.testing.assert_close(row.audio_hidden, one.audio_hidden, atol=1e-5, rtol=1e-5)
     assert batch[0].token_ids == alone[0].token_ids and batch[0].audio_hidden is None
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_multibyte_text_streams_whole_and_a_cut_character_is_kept(tiny_model, cut):
+    """"Hi 🎵 ok": the tiny tokenizer spells the note as four byte tokens. Streamed pieces
+    never hold half a character, and they add up to the stored reply. When generation
+    stops inside the character (max_new_tokens), the held-back bytes are still decoded
+    into the reply, as the tokenizer decodes them: the text is that of the tokens."""
+    tok = tiny_model.tokenizer
+    script = tok("Hi 🎵 ok", add_special_tokens=False).input_ids
+    note = next(i for i, t in enumerate(script) if "🎵" in tok.decode(script[:i + 1]))
+    assert "🎵" not in tok.decode(script[note])  # the note spans several tokens
+    n = note if cut else len(script)  # cut: stop one byte token before the note is whole
+    ids = [*script[:n], tok.eos_token_id]
+
+    def scripted(call: int, logits: torch.Tensor) -> torch.Tensor:
+        return _favour(ids[min(call, len(ids) - 1)], logits)
+
+    with _lm_head(tiny_model, scripted):
+        stream = ChatSession(tiny_model).stream("Say hi.", settings=_greedy(n))
+        pieces = list(stream)
+    result = stream.result
+    assert result.token_ids == script[:n]
+    assert result.text == tok.decode(script[:n], skip_special_tokens=True).strip()
+    assert "".join(pieces) == result.text
+    if cut:
+        assert result.text.startswith("Hi") and "🎵" not in result.text
+        assert len(result.text) > len("Hi")  # the cut bytes are not dropped
+    else:
+        assert result.text == "Hi 🎵 ok"
+        assert not any("\ufffd" in p for p in pieces)
