@@ -32,7 +32,7 @@ examples: setup
 	$(BIN)/python examples/make_examples.py
 
 # the chat app at http://127.0.0.1:7860 on the tiny-trained preset (built into ckpts/ on
-# first use: synthetic data + training, ~6 min on 2 CPU cores); MODEL=tiny for the instant
+# first use: synthetic data + training, under 10 min on 2 CPU cores); MODEL=tiny for the instant
 # random one, MODEL=DIR for real weights
 MODEL ?= tiny-trained
 demo: setup examples

@@ -20,11 +20,10 @@ from m2ugen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TINY_TRAINED_VERSION = 4  # bump when the recipe changes: stale directories get rebuilt
-# v3 measured 6.0 min on 2 shared CPU cores (training/build.json has the times); v4 doubles
-# stage 2 (about a third of v3's training time more; on heavily loaded cores the v3 recipe
-# took 16.5 min, v4's stages 2 and 3 9.4 min more)
-BUILD_MINUTES = 8
+TINY_TRAINED_VERSION = 5  # bump when the recipe changes: stale directories get rebuilt
+# v5 measured 8 min 35 s on 2 idle CPU cores (the build uses one torch thread;
+# training/build.json has each step's time); v4 took 20.8 min with one core busy
+BUILD_MINUTES = 10
 
 
 def is_current_tiny_trained(path: Path) -> bool:
