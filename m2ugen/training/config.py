@@ -179,6 +179,11 @@ class TrainConfig(RunConfig):
         if both:
             raise ConfigError(f"{name('frozen_groups')} and {name('extra_groups')} both name "
                               f"{', '.join(both)}: a group is trained or frozen, not both")
+        own = stage_groups(self.stage)
+        outside = sorted(set(self.frozen_groups) - own)
+        if outside:
+            raise ConfigError(f"{name('frozen_groups')}: stage {self.stage} does not train "
+                              f"{', '.join(outside)}; it trains {', '.join(sorted(own))}")
         left = stage_groups(self.stage, self.extra_groups) - set(self.frozen_groups)
         if not left:
             raise ConfigError(f"{name('frozen_groups')} {self.frozen_groups} freezes every "

@@ -321,3 +321,5 @@ def test_frozen_groups_leave_the_llm_as_it_was_in_stage2(spec, tiny_dir, tmp_pat
             "frozen_groups=[lora, bias, norm, prefix_query, projector, new_tokens]"])
     with pytest.raises(M2UGenError, match="unknown groups colour"):
         load_train_config(ROOT / "configs" / "stage2.yaml", ["frozen_groups=[colour]"])
+    with pytest.raises(M2UGenError, match="stage 2 does not train gates"):
+        load_train_config(ROOT / "configs" / "stage2.yaml", ["frozen_groups=[gates]"])
