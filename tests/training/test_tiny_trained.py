@@ -68,6 +68,20 @@ def run(tmp_path_factory, ckpts):
     return {"root": root, **outs}
 
 
+def test_the_base_llm_passes_a_prompt_at_its_widths_scale(run):
+    """The frozen Wo·Wv that carry a modality's prompt vector into the LLM (the injected
+    term before its gates) pass it at an order-one gain: the base LLaMA is drawn at
+    1/sqrt(width) (`Recipe.llm_init_std`). At transformers' default 0.02 a 64-wide LLaMA
+    passes it at ~0.03, and tiny-trained's answers stalled (DESIGN.md §7)."""
+    model = M2UGen.from_pretrained(run["root"] / "base", decoder=False, warn_untrained=False)
+    p = torch.randn(64, model.config.llm_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.llm.gates.fill_(10.0)  # tanh = 1: the frozen path alone
+        for j in range(model.llm.gates.shape[0]):
+            gain = model.llm.injected_term(j, p).norm(dim=-1) / p.norm(dim=-1)
+            assert gain.mean() > 0.3, (j, float(gain.mean()))
+
+
 def test_stage1_learns_to_answer_from_the_image(run):
     """Held-out images: the answer follows the image (true ≫ shuffled inputs). With the
     gates frozen at zero, an adapter cut off, or the injection lost, true = shuffled."""
