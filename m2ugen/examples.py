@@ -25,6 +25,7 @@ import soundfile as sf
 from PIL import Image, ImageDraw
 
 from m2ugen.data.synth import synthesize
+from m2ugen.media import web_video_codec
 
 SR = 24000
 HELD_OUT_SEED = 1  # the synthetic examples' seed; the tiny-trained preset learned seed 0
@@ -75,8 +76,9 @@ def sunset() -> Image.Image:
 
 def shapes_video(path: Path, seconds: float = 2.0, fps: int = 16) -> None:
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
+        stream = container.add_stream(web_video_codec(), rate=fps)
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.thread_count = 1  # the same bytes every time
         for i in range(int(seconds * fps)):
             img = Image.new("RGB", (128, 96), (20, 40, 200))
             x = int(i * 96 / (seconds * fps))

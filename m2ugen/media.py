@@ -260,6 +260,13 @@ def _duration(p: Path) -> float:
     return data.shape[0] / rate
 
 
+def web_video_codec() -> str:
+    """The encoder for the MP4s this project writes (synthetic data, demo media): H.264
+    (libx264, in PyAV's wheels), which browsers play in the app's chat; MPEG-4 part 2
+    where a PyAV build lacks it (Chromium shows no picture for those)."""
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
 def save_audio(path: PathLike, waveform: np.ndarray, sr: int) -> None:
     """Write `waveform` ((samples,) or (samples, channels), in [-1, 1]) as 16-bit WAV.
 

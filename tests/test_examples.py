@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile as sf
 
@@ -27,6 +28,8 @@ def test_make_examples_writes_media_that_load(tmp_path):
         assert (info.samplerate, info.frames) == (SR, 6 * SR)
     assert load_image(picture).size == (256, 192)
     assert load_video(video, num_frames=4).shape == (4, 96, 128, 3)
+    with av.open(str(video)) as box:  # H.264: the browser's player shows it in the chat
+        assert box.streams.video[0].codec_context.name == "h264"
     # same bytes every time: the examples are a fixed demo, not noise
     again = make_examples(tmp_path / "again")
     assert np.array_equal(sf.read(again[0])[0], sf.read(piano)[0])

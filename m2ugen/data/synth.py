@@ -3,7 +3,7 @@
 Audio is synthesised with numpy (24 kHz, 2–4 s): notes on every beat of a stated tempo,
 in a stated key, on a stated timbre (piano: decaying harmonics, organ: sustained odd
 harmonics, strings: vibrato saw, bass: low sine, drums: kick/snare/hat over a bass
-pulse). Images are PIL shapes in stated colours; videos are moving shapes (PyAV mpeg4).
+pulse). Images are PIL shapes in stated colours; videos are moving shapes (PyAV, H.264).
 Questions, edits and instructions are built from those facts, so a model trained on
 them can be checked. Same seed -> byte-identical JSON and WAV files.
 
@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from m2ugen.checkpoint import atomic_path, atomic_write_text
 from m2ugen.errors import ConfigError
-from m2ugen.media import save_audio
+from m2ugen.media import save_audio, web_video_codec
 
 SR = 24_000
 MAX_ITEMS = 10_000  # per kind, for `m2ugen synth-data`: a sample dataset, not a corpus
@@ -236,7 +236,7 @@ def _write_video(path: Path, rng: np.random.Generator) -> str:
     frames, side = int(rng.integers(8, 17)), 18
     lo, hi = 4, _VIDEO_SIZE - side - 4
     with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), "w", format="mp4") as box:
-        stream = box.add_stream("mpeg4", rate=_VIDEO_FPS)
+        stream = box.add_stream(web_video_codec(), rate=_VIDEO_FPS)
         stream.width = stream.height = _VIDEO_SIZE
         stream.pix_fmt = "yuv420p"
         stream.thread_count = 1  # deterministic output

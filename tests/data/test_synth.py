@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -28,7 +29,7 @@ def synth(tmp_path_factory) -> Path:
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.suffix in (".json", ".wav", ".yaml")}
+            if p.suffix in (".json", ".wav", ".yaml", ".mp4", ".png")}
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
@@ -147,6 +148,16 @@ def test_video_motion_matches_caption(synth: Path) -> None:
                     "downward": (0, 1)}
         (ex, ey), = [v for k, v in expected.items() if k in caption]
         assert np.sign(round(dx / 10)) == ex and np.sign(round(dy / 10)) == ey, caption
+
+
+def test_videos_are_h264_which_browsers_play(synth: Path) -> None:
+    """The app's chat shows the user's video with the browser's player: Chromium plays
+    H.264 MP4s and shows nothing for MPEG-4 part 2 (checked in headless Chromium)."""
+    for path in sorted((synth.parent / "videos").glob("*.mp4"))[:3]:
+        with av.open(str(path)) as box:
+            stream = box.streams.video[0]
+            assert stream.codec_context.name == "h264", path
+            assert stream.codec_context.pix_fmt == "yuv420p", path
 
 
 def test_configs_copy_matches_the_written_spec(synth: Path) -> None:
