@@ -135,10 +135,10 @@ class Recipe:
     # a step); v4's 1600 / 3000 / 500 steps took 20.8 min with one core busy. v6 (these
     # numbers, llm_init_std 0.125), held-out: instrument 100 %, the shape's colour 93 %,
     # background 95 %, direction 87 %, caption retrieval 6 % (v5 at init 0.02: 95 / 39 /
-    # 94 / 65 %, 3 %); v7 = v6 on H.264 videos: 100 / 93 / 97 / 85 %, 6 %. At init 0.125, 800 stage-1 + 1100 stage-2 steps: retrieval 15 %
-    # but direction 38 %, background 73 % (not separated: the shorter stage 1, or the
-    # longer stage 2 whose LoRA trains on captions only; stage 3's 300 steps did not
-    # bring them back)
+    # 94 / 65 %, 3 %); v7 = v6 on H.264 videos: 100 / 93 / 97 / 85 %, 6 %. At init
+    # 0.125, 800 stage-1 + 1100 stage-2 steps: retrieval 15 % but direction 38 %,
+    # background 73 % (not separated: the shorter stage 1, or the longer stage 2 whose
+    # LoRA trains on captions only; stage 3's 300 steps did not bring them back)
     stages: dict[int, StageNumbers] = field(default_factory=lambda: {
         # stage 1 at batch 64: at 16 the video adapter never found the direction (held-out
         # choice 21-26 % after 400-1200 steps, chance 25 %); at 64, 90 % in 800 steps
