@@ -23,10 +23,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# ruff, then the suite (STYLE.md §15: one entry point for checks)
+# ruff, then the suite (STYLE.md §15: one entry point for checks), one pytest-xdist worker
+# per core (each with one torch thread, tests/conftest.py); a test file stays on one worker,
+# so its module fixtures are built once. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: setup
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 examples: setup
 	$(BIN)/python examples/make_examples.py

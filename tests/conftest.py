@@ -11,6 +11,11 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core:
+    # one torch thread each, or two workers' kernels fight over the same cores
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
