@@ -32,7 +32,7 @@ from m2ugen.media import audio_source, load_media
 from m2ugen.music import Judge, MusicResult, MusicSettings, render_music
 
 __all__ = ["ChatRequest", "ChatResult", "ChatSession", "GenerationSettings", "ReplyStream",
-           "check_utf8", "send_batch"]
+           "check_utf8", "open_batch", "send_batch"]
 
 
 def check_utf8(text: str, what: str) -> None:
@@ -292,14 +292,31 @@ def send_batch(model, requests: Sequence[ChatRequest | str],
     `ChatSession(model).send(r.message, music, audio=r.audio, …, seed=r.seed)` returns
     (same tokens and text; the [AUD] states agree to float rounding). `music` None with no
     request's `music` set: text only. Music is rendered one reply at a time."""
-    settings = settings if settings is not None else GenerationSettings()
-    settings.validate()
     if music is not None:
         music.validate()
+    reqs = [ChatRequest(r) if isinstance(r, str) else r for r in requests]
+    results = []
+    for (session, result), req in zip(open_batch(model, reqs, settings, batch_size, judge),
+                                      reqs, strict=True):
+        wanted = _request_music(music, req)
+        if wanted is not None:
+            session.render(result, wanted)
+        results.append(result)
+    return results
+
+
+def open_batch(model, requests: Sequence[ChatRequest | str],
+               settings: GenerationSettings | None = None, batch_size: int = 8,
+               judge: Judge | None = None) -> list[tuple[ChatSession, ChatResult]]:
+    """`send_batch` without music: each request's fresh session after its first reply,
+    with the reply — the session still holds the prompt, so `session.audio_states(result)`
+    gives a text reply's [AUD] states as the chat would (what evaluation renders from)."""
+    settings = settings if settings is not None else GenerationSettings()
+    settings.validate()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ChatError(f"batch_size={batch_size!r}: use a whole number of at least 1")
     reqs = [ChatRequest(r) if isinstance(r, str) else r for r in requests]
-    results: list[ChatResult] = []
+    out: list[tuple[ChatSession, ChatResult]] = []
     for start in range(0, len(reqs), batch_size):
         chunk = reqs[start:start + batch_size]
         sessions, prepared = [], []
@@ -318,12 +335,9 @@ def send_batch(model, requests: Sequence[ChatRequest | str],
                                  [p[3] for p in prepared])
         for session, req, (ids, prompts, _, seed, used, dropped), reply in zip(
                 sessions, chunk, prepared, replies, strict=True):
-            result = session._record(req.message, ids, prompts, reply, seed, used, dropped)
-            wanted = _request_music(music, req)
-            if wanted is not None:
-                session.render(result, wanted)
-            results.append(result)
-    return results
+            out.append((session, session._record(req.message, ids, prompts, reply, seed,
+                                                  used, dropped)))
+    return out
 
 
 def _request_music(music: MusicSettings | None, req: ChatRequest) -> MusicSettings | None:

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from m2ugen.chat import ChatSession
+from m2ugen.chat import ChatRequest, open_batch
 from m2ugen.checkpoint import atomic_write_text
 from m2ugen.data.formats import DatasetEntry, read_dataset
 from m2ugen.data.spec import load_spec
 from m2ugen.errors import ConfigError
+from m2ugen.generate import GenerationSettings
 from m2ugen.media import audio_source, resample_audio, save_audio
 from m2ugen.modules.decoders import EDIT_STRENGTH, TARGET_SCALE
 
@@ -230,15 +231,16 @@ def _batches(items: list[Item], size: int) -> list[list[Item]]:
     return list(groups.values())
 
 
-def _reply(model, item: Item, s: RunSettings) -> tuple[Any, torch.Tensor | None]:
-    """The model's reply to one item (fresh conversation) and, for music tasks, its
-    [AUD] hidden states (appended after the text when the reply has none)."""
-    session = ChatSession(model)
-    result = session.send(item.prompt, music="never", seed=s.seed + item.n,
-                          max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                          top_p=s.top_p, **item.media)
-    hidden = session.audio_states(result) if TASKS[s.task].makes_music else None
-    return result, hidden
+def _replies(model, batch: list[Item], s: RunSettings) -> list[tuple[Any, torch.Tensor | None]]:
+    """The model's replies to a batch of items, generated together (`chat.open_batch`:
+    each what a fresh conversation answers, seeded `seed + n`) and, for music tasks, their
+    [AUD] hidden states (appended after the text when a reply has none)."""
+    settings = GenerationSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                  top_p=s.top_p, seed=s.seed)
+    requests = [ChatRequest(it.prompt, seed=s.seed + it.n, **it.media) for it in batch]
+    music = TASKS[s.task].makes_music
+    return [(result, session.audio_states(result) if music else None)
+            for session, result in open_batch(model, requests, settings, len(batch))]
 
 
 def _render(model, batch: list[Item], replies: list[tuple[Any, torch.Tensor]], s: RunSettings,
@@ -302,7 +304,7 @@ def generate(model, items: list[Item], out: Path, settings: RunSettings,
     bar = tqdm(total=pending, desc=f"{settings.task}: generating", unit="item")
     for batch in todo:
         t0 = time.perf_counter()
-        replies = [_reply(model, it, settings) for it in batch]
+        replies = _replies(model, batch, settings)
         waves = _render(model, batch, replies, settings, settings.seed + batch[0].n) \
             if task.makes_music else None
         per_item = (time.perf_counter() - t0) / len(batch)

@@ -7,11 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from m2ugen.chat import ChatSession
 from m2ugen.errors import ConfigError
 from m2ugen.eval import tasks as T
 from m2ugen.media import read_audio
+from m2ugen.modules.decoders import TARGET_SCALE
 
 FAST = dict(seconds=0.5, max_new_tokens=8, batch_size=2)
 
@@ -71,6 +73,43 @@ def test_batch_of_one_is_what_the_chat_session_renders(tiny_model, synth, tmp_pa
     wav, sr = read_audio(tmp_path / rec["music"])
     assert rec["reply"] == expected.text and sr == expected.music.sample_rate
     assert np.allclose(wav, expected.music.waveform, atol=1e-4)  # 16-bit WAV rounding
+
+
+def test_a_batch_is_generated_together_and_each_reply_is_a_fresh_sessions(tiny_model, synth,
+                                                                         tmp_path):
+    """Items of one batch (prompts of different lengths, padded left) are answered by one
+    batched generation — the LLM runs about as many forwards as for one item, not four
+    times as many — and each reply (text, [AUD] states, hence music) is what a fresh chat
+    session gives its item."""
+    items, _ = T.load_items(T.get_task("text2music"), synth / "mucaps.json")
+    items = items[:4]
+    assert len({len(it.prompt) for it in items}) > 1
+    calls = []
+    hook = tiny_model.llm.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        settings = T.RunSettings(task="text2music", model="tiny", data="d", seed=5,
+                                 **{**FAST, "batch_size": 4})
+        T.generate(tiny_model, items, tmp_path, settings)
+        batched = len(calls)
+        calls.clear()
+        expected = []
+        for it in items:
+            session = ChatSession(tiny_model)
+            result = session.send(it.prompt, music="never", seed=5 + it.n, max_new_tokens=8)
+            expected.append((result.text, session.audio_states(result)))
+        single = len(calls)
+    finally:
+        hook.remove()
+    # per item: up to 8 token steps + the [AUD] pass; together: one batch of steps + 4 passes
+    assert batched <= single / 2, (batched, single)
+    waves = [read_audio(tmp_path / T.read_item(tmp_path, it.id)["music"])[0] for it in items]
+    for it, (text, _) in zip(items, expected, strict=True):
+        assert T.read_item(tmp_path, it.id)["reply"] == text
+    cond = torch.cat([tiny_model.project(h[None]) for _, h in expected]) / TARGET_SCALE
+    alone = tiny_model.load_decoder().generate(cond, 0.5, settings.guidance, 5 + items[0].n,
+                                               settings.steps, settings.scheduler)
+    for got, want in zip(waves, alone, strict=True):
+        assert np.allclose(got, want, atol=1e-3)  # 16-bit WAV rounding, [AUD] float rounding
 
 
 @pytest.mark.parametrize("source", ["hear", "ignore"])
