@@ -26,6 +26,7 @@ from transformers import (
     HubertModel,
     PretrainedConfig,
     ViTModel,
+    VivitImageProcessor,
     VivitModel,
     Wav2Vec2FeatureExtractor,
 )
@@ -185,11 +186,12 @@ def load_encoders(mert: str, vit: str, vivit: str, dtype: torch.dtype,
                                                       device_map=where).eval(),
                              AutoImageProcessor.from_pretrained(vit, trust_remote_code=False))
     with loading("video encoder (ViViT)", vivit):
+        # ViViT's processor exists for torchvision only: AutoImageProcessor would ask for
+        # the PIL one and log that it fell back
         video = VideoEncoder(VivitModel.from_pretrained(vivit, dtype=dtype,
                                                         add_pooling_layer=False,
                                                         device_map=where).eval(),
-                             AutoImageProcessor.from_pretrained(
-                                 vivit, trust_remote_code=False))
+                             VivitImageProcessor.from_pretrained(vivit))
     return {"audio": music, "image": image, "video": video}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,3 +67,17 @@ def test_feature_shapes_follow_the_encoder_configs(tiny_model):
     f, present = feats["image"]
     assert f.shape == (2, c.vit_tokens, c.vit_dim) and present.tolist() == [False, True]
     assert f[0].abs().sum() == 0 and f[1].abs().sum() > 0
+
+
+def test_loading_the_encoders_says_nothing_about_image_backends(tiny_dir):
+    """ViViT's image processor exists for torchvision only; through AutoImageProcessor
+    transformers asked for the PIL one and logged a fallback on every model load (once
+    per process: hence a fresh one)."""
+    code = ("import sys, torch; from m2ugen.modules.encoders import load_encoders; "
+            "d = sys.argv[1]; e = load_encoders(d + '/mert', d + '/vit', d + '/vivit', "
+            "torch.float32, 60.0); print(type(e['video'].processor).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_dir)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "VivitImageProcessor"
+    assert "backend is not available" not in proc.stderr, proc.stderr
