@@ -294,7 +294,7 @@ def send_batch(model, requests: Sequence[ChatRequest | str],
     request's `music` set: text only. Music is rendered one reply at a time."""
     if music is not None:
         music.validate()
-    reqs = [ChatRequest(r) if isinstance(r, str) else r for r in requests]
+    reqs = [ChatRequest(r) if isinstance(r, str) else r for r in requests]  # for their music
     results = []
     for (session, result), req in zip(open_batch(model, reqs, settings, batch_size, judge),
                                       reqs, strict=True):

@@ -236,7 +236,7 @@ def _replies(model, batch: list[Item], s: RunSettings) -> list[tuple[Any, torch.
     each what a fresh conversation answers, seeded `seed + n`) and, for music tasks, their
     [AUD] hidden states (appended after the text when a reply has none)."""
     settings = GenerationSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                  top_p=s.top_p, seed=s.seed)
+                                  top_p=s.top_p)  # seeds: per request
     requests = [ChatRequest(it.prompt, seed=s.seed + it.n, **it.media) for it in batch]
     music = TASKS[s.task].makes_music
     return [(result, session.audio_states(result) if music else None)
