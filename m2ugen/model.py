@@ -224,7 +224,8 @@ class M2UGen(nn.Module):
             feats: raw encoder features per modality, as `encode` returns them.
             music_rows: (M,) batch rows whose response is music.
             music_positions: (M, 8) positions of [AUD0..7] in those rows.
-            music_target, music_mask: (M, N, W) 10 × decoder conditioning and its mask.
+            music_target, music_mask: (M, N, W) 10 × decoder conditioning and its mask
+                (False at padding, where the projector is trained towards zero).
         Returns:
             {"ce_sum", "ce_count", "mse_sum", "mse_count"} (0-dim tensors).
         """
@@ -245,8 +246,11 @@ class M2UGen(nn.Module):
         if music_rows is not None:  # none (M=0): FSDP's ranks all call the projector
             h = hidden[music_rows[:, None], music_positions - 1]  # (M, 8, D) predicting [AUDi]
             pred = self.project(h).float()
+            # the decoder's view of the caption: its states, zero at padding (what MusicGen
+            # multiplies them by; decoders/__init__ reads the length back from the zeros).
+            # Every position counts; the mean is over the caption's, as it always was.
             mask = music_mask.to(pred.dtype)
-            out["mse_sum"] = ((pred - music_target.float()) ** 2 * mask).sum()
+            out["mse_sum"] = ((pred - music_target.float() * mask) ** 2).sum()
             out["mse_count"] = mask.sum()
         return out
 

@@ -77,6 +77,20 @@ def test_melody_edit_hears_pitch_classes_not_the_recording(decoder):
     assert long.shape == (1, int(2.5 * sr)) and np.isfinite(long).all()
 
 
+def test_melody_hears_zero_padded_states_as_it_hears_the_caption(decoder):
+    """The melody decoder's conditioning is a prefix without a mask: zero-padded projector
+    states are cut to the caption's positions, so two captions of different lengths render
+    as its text path renders them (with the 128 positions, the zeros joined the prefix)."""
+    from m2ugen.modules.decoders import TARGET_SCALE
+
+    captions = ["A sad violin.", "Energetic rock with loud drums and a guitar solo, 140 BPM."]
+    target, mask = decoder.target(captions)
+    states = target * mask / TARGET_SCALE
+    kw = {"seconds": 0.3, "guidance": 3.0, "seed": 4}
+    np.testing.assert_allclose(decoder.generate(states, **kw),
+                               decoder.generate_from_text(captions, **kw), atol=1e-4)
+
+
 def test_cli_chat_with_tiny_melody(ckpts, tmp_path, capsys):
     sr = 32000
     song, other = tmp_path / "song.wav", tmp_path / "other.wav"

@@ -94,6 +94,45 @@ def test_training_reads_the_aud_states_inference_reads(tiny_model, media_arrays)
     assert mse < 1e-9 * float(target.pow(2).mean()), mse
 
 
+def test_the_loss_trains_the_projector_towards_zero_past_the_caption(tiny_model):
+    """Stage 2's MSE is against the decoder's view of the caption — its states, zero at
+    padding (what the decoder hears, decoders/__init__) — over every position, normalised
+    by the caption's: a projector output at padding costs its square; a target value
+    there costs nothing. (Masking padding out of the loss left those outputs untrained,
+    and the decoder heard them.)"""
+    model, tok = tiny_model, tiny_model.tokenizer
+    ex = Example("Compose a calm piece.", "Here is a calm piece.",
+                 music_caption="A calm piano arpeggio.")
+    row = tokenize_example(ex, tok, model.config.prompt_template, model.llm.audio_token_ids,
+                           256)
+    batch = collate([{"input_ids": row.input_ids, "labels": row.labels}],
+                    pad_id=tok.pad_token_id or 0)
+    shape = (1, *model.decoder.cond_shape)
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(shape, generator=g)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[:, :5] = True  # a caption of 5 positions
+
+    def loss(target):
+        with torch.no_grad():
+            return model(batch["input_ids"], batch["attention_mask"], batch["labels"], {},
+                         music_rows=torch.tensor([0]),
+                         music_positions=torch.tensor([row.audio_positions]),
+                         music_target=target, music_mask=mask)
+
+    out = loss(target)
+    with torch.no_grad():
+        hidden = model.audio_token_hidden(row.input_ids[:-1], model.media_prompts(1))
+        pred = model.project(hidden[None]).float()
+    torch.testing.assert_close(out["mse_sum"], ((pred - target * mask) ** 2).sum(), rtol=1e-4,
+                               atol=0)
+    assert out["mse_count"] == mask.sum()
+    padding = (pred[~mask] ** 2).sum()
+    assert padding > 0.5 * out["mse_sum"]  # most of it: 123 untrained positions
+    other = loss(torch.where(mask, target, torch.randn(shape, generator=g)))
+    torch.testing.assert_close(other["mse_sum"], out["mse_sum"])
+
+
 def test_decoder_receives_projector_output_divided_by_ten(any_tiny_model):
     """What the decoder is conditioned on at generation is projector(hidden) / 10."""
     model = any_tiny_model

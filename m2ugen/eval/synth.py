@@ -21,7 +21,9 @@ the model emits none) go through the output projector, ÷ 10, and are compared w
 decoder's own conditioning of every held-out caption (cosine over the caption's unmasked
 positions): `retrieval_top1` is how often the true caption is the most similar,
 `cosine` the mean cosine to the true one, `aud_emitted` how often the reply asked for
-music itself.
+music itself, `length_exact` how often the decoder hears exactly the caption's positions
+(the projector's zeros past the caption, decoders.conditioning_lengths) and
+`length_error` the mean number of positions it is off by.
 """
 
 from __future__ import annotations
@@ -237,11 +239,15 @@ def caption_retrieval(model, captions: list[str], progress: bool = True) -> dict
     cos = masked_cosines(torch.stack(preds), target, mask)
     truth = torch.tensor([unique.index(c) for c in captions])
     own = cos[torch.arange(len(captions)), truth]
+    heard = decoder.lengths(torch.stack(preds))
+    lengths = decoder.text_states(mask)[truth, :, 0].sum(dim=1).long()
     return {"requests": len(captions), "candidates": len(unique),
             "retrieval_top1": float((cos.argmax(1) == truth).float().mean()),
             "chance": 1.0 / len(unique), "cosine": float(own.mean()),
             "cosine_other": float((cos.sum(1) - own).mean() / max(1, len(unique) - 1)),
-            "aud_emitted": emitted / len(captions)}
+            "aud_emitted": emitted / len(captions),
+            "length_exact": float((heard == lengths).float().mean()),
+            "length_error": float((heard - lengths).abs().float().mean())}
 
 
 def held_out_data(out: Path, seed: int, n: int) -> Path:
@@ -285,10 +291,12 @@ def format_table(results: dict[str, Any]) -> str:
                      f"{100 * r['none']:.1f} | {100 * r['shuffled']:.1f} |")
     m = results["music"]
     lines += ["", "| music requests | candidates | retrieval top-1 | chance | cosine (true) | "
-              "cosine (others) | [AUD] emitted |", "|---:|---:|---:|---:|---:|---:|---:|",
+              "cosine (others) | [AUD] emitted | caption length exact | off by |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
               f"| {m['requests']} | {m['candidates']} | {100 * m['retrieval_top1']:.1f} | "
               f"{100 * m['chance']:.1f} | {m['cosine']:.3f} | {m['cosine_other']:.3f} | "
-              f"{100 * m['aud_emitted']:.1f} |"]
+              f"{100 * m['aud_emitted']:.1f} | {100 * m.get('length_exact', 0):.1f} | "
+              f"{m.get('length_error', 0):.1f} |"]
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2ugen.modules.decoders import TARGET_SCALE
+from m2ugen.modules.decoders import PAD_FRACTION, TARGET_SCALE, conditioning_lengths
 
 
 def _cond(model, seed=0):
@@ -76,6 +76,55 @@ def test_musicgen_embedding_path_reproduces_the_text_path(tiny_model):
     via_embedding = dec.generate(target[:, :n_real] / TARGET_SCALE, seconds=0.5, guidance=3.0,
                                  seed=5)
     np.testing.assert_allclose(via_embedding, via_text, atol=1e-4)
+
+
+def test_a_decoder_hears_zero_padded_states_as_it_hears_the_caption(any_tiny_model):
+    """A trained projector gives the caption's states then zeros (model.py's target). The
+    decoder hears exactly the caption's positions: the same audio as its text path with
+    the same seed (heard as 128 positions under an all-ones mask, the zeros took attention
+    from the caption). MusicGen: two captions of different lengths in one batch, with
+    guidance. AudioLDM2: each caption alone, without guidance (its text path encodes the
+    negative prompt padded to the prompt's length, which GPT-2 then hears)."""
+    dec = any_tiny_model.decoder
+    captions = ["A sad violin.", "Energetic rock with loud drums and a guitar solo, 140 BPM."]
+    target, mask = dec.target(captions)
+    states = target * mask / TARGET_SCALE
+    real = dec.text_states(mask)[:, :, 0].sum(dim=1)
+    assert real[0] < real[1] < dec.text_states(mask).shape[1]
+    assert dec.lengths(states).tolist() == real.tolist()
+    kw = {"seconds": 0.3, "seed": 4, "steps": 3}
+    if dec.kind == "musicgen":
+        np.testing.assert_allclose(dec.generate(states, guidance=3.0, **kw),
+                                   dec.generate_from_text(captions, guidance=3.0, **kw),
+                                   atol=1e-4)
+        return
+    for i, caption in enumerate(captions):
+        np.testing.assert_allclose(dec.generate(states[i:i + 1], guidance=1.0, **kw),
+                                   dec.generate_from_text([caption], guidance=1.0, **kw),
+                                   atol=1e-4)
+
+
+def test_audioldm2_targets_do_not_depend_on_the_batch(tiny_audioldm2_model):
+    """A caption's target is the same alone or batched with a longer one: the pipeline's
+    GPT-2 hears the T5 padding, so encoding captions together changed the short one's."""
+    dec = tiny_audioldm2_model.decoder
+    short, long = "A sad violin.", "Energetic rock with loud drums and a guitar solo, 140 BPM."
+    alone, _ = dec.target([short])
+    batched, _ = dec.target([short, long])
+    torch.testing.assert_close(batched[:1], alone)
+
+
+def test_conditioning_lengths_read_the_zeros_past_the_caption():
+    """The caption is the prefix up to the last state of a norm ≥ PAD_FRACTION × the row's
+    largest: a quiet state inside it does not cut it; states that never learned the zeros
+    (an untrained or published projector) are heard whole; a row of zeros keeps one."""
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(4, 16, 8, generator=g)
+    states[0, 5:] = 0.01 * states[0, 5:]  # a caption of 5, padding ~0
+    states[1, 2] *= PAD_FRACTION / 4  # a quiet state inside a caption of 9
+    states[1, 9:] = 0
+    states[3] = 0
+    assert conditioning_lengths(states).tolist() == [5, 9, 16, 1]
 
 
 def test_audioldm2_negative_prompt_matches_positive_shapes(tiny_audioldm2_model):

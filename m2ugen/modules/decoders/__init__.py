@@ -3,6 +3,12 @@
 A decoder turns conditioning states — the output projector's, divided by 10 — into a
 waveform, and gives the stage-2 regression target for captions: 10 × its own
 conditioning of the caption (ORIGINAL_M2UGEN.md §4).
+
+Padding: a caption fills the first n of the 128 text-encoder positions; the decoders hear
+only those (MusicGen multiplies padded states by 0 and masks them out of cross-attention;
+AudioLDM2's UNet masks them). The projector is trained to output zero past the caption
+(model.py, the masked target), and `conditioning_lengths` reads n back from its output, so
+a decoder hears the projector's states the way it hears a caption.
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ SCHEDULER_STEPS = {"dpm++": 20, "ddim": 200}
 # its schedule and denoises it under the new conditioning (SDEdit); s = 1 ignores it.
 EDIT_STRENGTH = 0.6
 
+# A projector state is padding when its norm is below this fraction of the row's largest:
+# trained against zeros there, its padding is ~0 while a caption's states (a text encoder's
+# normalised output) are all of one order. A projector that never learned the zeros (the
+# published checkpoints, which regressed the encoder's pad states; an untrained one) keeps
+# all 128 positions, as before.
+PAD_FRACTION = 0.25
+
 
 def musicgen_cond_shape(t5_width: int) -> tuple[int, int]:
     """(N, W) the projector makes for MusicGen: (128, T5 width)."""
@@ -64,6 +77,20 @@ def cond_shape_from_configs(kind: str, read: Callable[[str], dict[str, Any]]) ->
     raise ConfigError(f"decoder kind {kind!r} is unknown; use musicgen or audioldm2")
 
 
+def conditioning_lengths(states: torch.Tensor) -> torch.Tensor:
+    """(B,) how many leading positions of (B, N, W) text states are the caption: up to the
+    last position whose norm reaches PAD_FRACTION of the row's largest (at least 1)."""
+    norms = states.float().norm(dim=-1)  # (B, N)
+    keep = norms >= PAD_FRACTION * norms.amax(dim=1, keepdim=True).clamp(min=1e-12)
+    positions = torch.arange(1, norms.shape[1] + 1, device=norms.device)
+    return (keep * positions).amax(dim=1).clamp(min=1)
+
+
+def length_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n) long mask: 1 on each row's first `lengths[b]` positions."""
+    return (torch.arange(n, device=lengths.device)[None] < lengths[:, None]).long()
+
+
 class MusicDecoder(ABC):
     """What M2UGen needs from a music decoder."""
 
@@ -83,13 +110,23 @@ class MusicDecoder(ABC):
     def target(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(10 × conditioning (B, N, W), mask (B, N, W) — False at padded positions)."""
 
+    def text_states(self, conditioning: torch.Tensor) -> torch.Tensor:
+        """(B, N', W') the part of (B, N, W) conditioning that holds a caption's text
+        states, padded past the caption (`conditioning_lengths` reads its length)."""
+        return conditioning
+
+    def lengths(self, conditioning: torch.Tensor) -> torch.Tensor:
+        """(B,) the caption positions the decoder hears in this conditioning."""
+        return conditioning_lengths(self.text_states(conditioning))
+
     @abstractmethod
     def generate(self, conditioning: torch.Tensor, seconds: float, guidance: float,
                  seed: int, steps: int | None = None, scheduler: str | None = None,
                  sources: list[np.ndarray] | None = None,
                  edit_strength: float = EDIT_STRENGTH) -> np.ndarray:
         """Conditioning (B, N, W) (already ÷ 10) → waveforms (B, samples) float32, or
-        (B, samples, 2) from a stereo decoder (MusicGen with `audio_channels=2`).
+        (B, samples, 2) from a stereo decoder (MusicGen with `audio_channels=2`). The
+        decoder hears the first `lengths(conditioning)` text positions of each row.
 
         `scheduler` (one of SCHEDULERS; None: the first) and `steps` (None: its
         SCHEDULER_STEPS) choose a diffusion decoder's sampler; MusicGen ignores both.

@@ -42,6 +42,8 @@ from m2ugen.modules.decoders import (
     MusicDecoder,
     audioldm2_cond_shape,
     audioldm2_parts,
+    conditioning_lengths,
+    length_mask,
 )
 
 NEGATIVE_PROMPT = "Low quality."
@@ -162,7 +164,12 @@ class AudioLDM2Decoder(MusicDecoder):
         return audioldm2_cond_shape(*self._widths)
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(T5 states (B, L, Wt) padded to L, their mask (B, L), GPT-2 states (B, 8, Wg))."""
+        """(T5 states (B, L, Wt) padded to L, their mask (B, L), GPT-2 states (B, 8, Wg)).
+        Each text is encoded alone: the pipeline's GPT-2 continues the T5 states, padding
+        included, so a caption's GPT-2 states would depend on what it is batched with."""
+        if len(texts) > 1:
+            parts = [self._encode([t]) for t in texts]
+            return tuple(torch.cat(p) for p in zip(*parts))
         embeds, mask, generated = self.pipe.encode_prompt(
             texts, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False)
         length = self.t5_shape[0]
@@ -176,6 +183,9 @@ class AudioLDM2Decoder(MusicDecoder):
         (lt, wt), (lg, wg) = self.t5_shape, self.gpt2_shape
         flat = conditioning.reshape(conditioning.shape[0], -1)
         return flat[:, : lt * wt].view(-1, lt, wt), flat[:, lt * wt:].view(-1, lg, wg)
+
+    def text_states(self, conditioning: torch.Tensor) -> torch.Tensor:
+        return self._split(conditioning)[0]
 
     @torch.no_grad()
     def target(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,9 +267,9 @@ class AudioLDM2Decoder(MusicDecoder):
         b = embeds.shape[0]
         neg_embeds, neg_mask, neg_generated = self._encode([NEGATIVE_PROMPT] * b)
         return self._run(seconds, guidance, seed, steps, scheduler, sources, edit_strength, b,
-                         prompt_embeds=embeds,
-                         attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
-                                                   device=self.device),
+                         prompt_embeds=embeds,  # the UNet hears the caption positions
+                         attention_mask=length_mask(conditioning_lengths(embeds),
+                                                    embeds.shape[1]),
                          generated_prompt_embeds=generated,
                          negative_prompt_embeds=neg_embeds.to(dtype),
                          negative_attention_mask=neg_mask,

@@ -33,6 +33,7 @@ from m2ugen.modules.decoders import (
     MUSICGEN_TOKENS,
     TARGET_SCALE,
     MusicDecoder,
+    length_mask,
     musicgen_cond_shape,
 )
 
@@ -127,12 +128,20 @@ class MusicGenDecoder(MusicDecoder):
     def _rng(self):
         return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
+    def _heard(self, conditioning: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states, mask) as MusicGen hears a batch of captions: cut to the longest row's
+        caption positions (`lengths`), each row's padding zeroed and masked — what the
+        text path gives after its text encoder."""
+        dtype = next(self.model.parameters()).dtype
+        cond = conditioning.to(self.device, dtype)
+        lengths = self.lengths(cond)
+        mask = length_mask(lengths, int(lengths.max()))
+        return cond[:, : mask.shape[1]] * mask[..., None].to(dtype), mask
+
     def _external(self, conditioning: torch.Tensor, guidance: float) -> dict:
         """generate() kwargs for external conditioning, with the unconditional half."""
         b = conditioning.shape[0]
-        dtype = next(self.model.parameters()).dtype
-        cond = conditioning.to(self.device, dtype)
-        mask = torch.ones(cond.shape[:2], dtype=torch.long, device=self.device)
+        cond, mask = self._heard(conditioning)
         if guidance > 1:  # the unconditional half: zero states, fully masked
             cond = torch.cat([cond, torch.zeros_like(cond)])
             mask = torch.cat([mask, torch.zeros_like(mask)])

@@ -153,7 +153,8 @@ class MusicGenMelodyDecoder(MusicGenDecoder):
                       sources: list[np.ndarray] | None, seconds: float,
                       edit_strength: float) -> tuple[dict, None]:
         chroma = self._chroma(sources, conditioning.shape[0], seconds, edit_strength)
-        return self._inputs(conditioning, guidance, chroma), None  # no audio prompt
+        states, _ = self._heard(conditioning)  # a prefix has no mask: padding is zeros
+        return self._inputs(states, guidance, chroma), None  # no audio prompt
 
     def _text_inputs(self, texts: list[str], guidance: float, sources: list[np.ndarray] | None,
                      seconds: float, edit_strength: float) -> tuple[dict, None]:
