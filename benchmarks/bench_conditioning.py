@@ -34,8 +34,8 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.modeling_outputs import BaseModelOutput
 
 from m2ugen.chat import ChatSession
-from m2ugen.eval.synth import held_out_data
 from m2ugen.data.synth_qa import read_items
+from m2ugen.eval.synth import held_out_data
 from m2ugen.model import M2UGen
 from m2ugen.modules.decoders import TARGET_SCALE, length_mask
 
@@ -86,7 +86,8 @@ def main() -> None:
           f"(mean {float(true.float().mean()):.1f}) of {pred.shape[1]}")
     print(f"projector state norms: on the caption {float(on.mean()):.3f} (min "
           f"{float(on.min()):.3f}), past it {float(past.mean()):.3f} (max "
-          f"{float(past.max()):.3f}); the text encoder's {float(text.norm(dim=-1)[real.bool()].mean()):.3f}")
+          f"{float(past.max()):.3f}); the text encoder's "
+          f"{float(text.norm(dim=-1)[real.bool()].mean()):.3f}")
     print(f"heard length = the caption's: {100 * float((heard == true).float().mean()):.0f} %, "
           f"off by {float((heard - true).abs().float().mean()):.1f} on average")
 

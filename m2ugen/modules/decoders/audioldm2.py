@@ -169,7 +169,7 @@ class AudioLDM2Decoder(MusicDecoder):
         included, so a caption's GPT-2 states would depend on what it is batched with."""
         if len(texts) > 1:
             parts = [self._encode([t]) for t in texts]
-            return tuple(torch.cat(p) for p in zip(*parts))
+            return tuple(torch.cat(p) for p in zip(*parts, strict=True))
         embeds, mask, generated = self.pipe.encode_prompt(
             texts, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False)
         length = self.t5_shape[0]
