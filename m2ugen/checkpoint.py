@@ -354,19 +354,25 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+# what `fingerprint` gave every folder whose weights sit in subfolders (a diffusers
+# pipeline's) before it looked into them: it records nothing
+EMPTY_FINGERPRINT = hashlib.sha1().hexdigest()[:20]
+
+
 def fingerprint(directory: str | Path) -> str | None:
-    """A cheap identity of a local component's weights: config plus the header, middle and
-    end of every weight file (enough to tell two different initialisations or checkpoints
-    apart without reading gigabytes). None when `directory` is not a local directory."""
+    """A cheap identity of a local component's weights: configs plus the header, middle and
+    end of every weight file, subfolders included (a diffusers pipeline keeps its weights
+    in unet/, vae/, …) — enough to tell two different initialisations or checkpoints apart
+    without reading gigabytes. None when `directory` is not a local directory."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
     h = hashlib.sha1()
-    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")) + \
-        sorted(directory.glob("config.json"))
+    files = sorted(directory.rglob("*.safetensors")) + sorted(directory.rglob("*.bin")) + \
+        sorted(directory.rglob("config.json"))
     for f in files:
         size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
+        h.update(f"{f.relative_to(directory).as_posix()}:{size}".encode())
         with open(f, "rb") as fh:
             for offset in (0, size // 2, max(0, size - 65536)):
                 fh.seek(offset)

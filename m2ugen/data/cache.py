@@ -3,7 +3,9 @@
 Shards are safetensors files written atomically; `index.json` (also atomic) maps each key
 to its shard, so an interrupted `m2ugen cache-features` resumes where it stopped. Keys
 hash what the value depends on: the file's resolved path, size and mtime plus the
-encoder, or the caption plus the decoder.
+encoder, or the caption plus the decoder and TARGET_FORMAT — a component named by where
+it is and, when local, by its weights' fingerprint (`component_id`), so a folder
+overwritten with other weights gets new keys instead of stale values.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from m2ugen.checkpoint import atomic_write_text, save_tensors
+from m2ugen.checkpoint import atomic_write_text, fingerprint, save_tensors
+from m2ugen.config import resolve_component
 from m2ugen.errors import ConfigError
 
 INDEX = "index.json"
+# bump when a decoder's `target()` changes for the same caption and weights (2: zero
+# padding is part of the target's meaning; AudioLDM2 encodes each caption alone)
+TARGET_FORMAT = 2
+
+
+def component_id(ref: str, base: Path | None) -> str:
+    """A component as cached values depend on it: where it resolves to and, for a local
+    folder, its weights' fingerprint (a hub id stands for itself)."""
+    where = resolve_component(ref, base)
+    return f"{where}|{fingerprint(where) or ''}"
 
 
 def media_key(path: Path, modality: str, encoder: str) -> str:
@@ -28,7 +41,8 @@ def media_key(path: Path, modality: str, encoder: str) -> str:
 
 
 def caption_key(caption: str, decoder: str) -> str:
-    return "target-" + hashlib.sha1(f"{decoder}|{caption}".encode()).hexdigest()
+    text = f"{decoder}|v{TARGET_FORMAT}|{caption}"
+    return "target-" + hashlib.sha1(text.encode()).hexdigest()
 
 
 class FeatureCache:

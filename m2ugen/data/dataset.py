@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from m2ugen.config import MODALITIES
 from m2ugen.data.batching import tokenize_example
-from m2ugen.data.cache import FeatureCache, caption_key, media_key
+from m2ugen.data.cache import FeatureCache, caption_key, component_id, media_key
 from m2ugen.data.example import Example
 from m2ugen.media import load_media
 
@@ -33,8 +33,10 @@ class TrainDataset(Dataset):
         self.examples = list(examples)
         cfg = model.config
         self.spec = model.media_spec  # audio rate and video frames of the model's encoders
-        self.encoder_ids = {"audio": cfg.mert, "image": cfg.vit, "video": cfg.vivit}
-        self.decoder_id = f"{cfg.decoder}:{cfg.decoder_path}"
+        base = model.base_dir
+        self.encoder_ids = {m: component_id(ref, base) for m, ref in
+                            (("audio", cfg.mert), ("image", cfg.vit), ("video", cfg.vivit))}
+        self.decoder_id = f"{cfg.decoder}:{component_id(cfg.decoder_path, base)}"
         self.cache = cache
         self.tokens = [tokenize_example(ex, model.tokenizer, cfg.prompt_template,
                                         model.llm.audio_token_ids, max_len)

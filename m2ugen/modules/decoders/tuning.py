@@ -31,7 +31,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from m2ugen.checkpoint import fingerprint, load_tensors
+from m2ugen.checkpoint import EMPTY_FINGERPRINT, fingerprint, load_tensors
 from m2ugen.errors import ConfigError
 from m2ugen.modules.decoders import MusicDecoder, load_decoder
 
@@ -183,7 +183,8 @@ def load_music_decoder(kind: str, path: str, device: torch.device,
                           f"{kind} decoder")
     base = info["base"]
     expected = info.get("base_fingerprint")
-    if expected and Path(base).exists() and fingerprint(base) != expected:
+    if expected and expected != EMPTY_FINGERPRINT and Path(base).exists() \
+            and fingerprint(base) != expected:  # EMPTY: written before subfolders counted
         log.warning("%s is not the decoder %s was fine-tuned on (its weights changed): the "
                     "trained tensors will not fit it", base, directory)
     decoder = load_decoder(kind, base, device, dtype)
