@@ -63,7 +63,7 @@ TINY_TRAINED_NOTICE = (
     "right, right to left, upward, downward) in videos — ask it the questions of the "
     "examples below, about media like theirs (`m2ugen synth-data`). `m2ugen eval synth` "
     "measures how often it is right on held-out media: instrument 100 %, the shape's colour "
-    "93 %, the background's 97 %, direction 85 %; tempo and key hardly better than chance "
+    "93 %, the background's 96 %, direction 85 %; tempo and key hardly better than chance "
     "(README.md says why). Its music decoder is an untrained random MusicGen: "
     "the music is noise. README.md → *Real weights* explains how to run a real model "
     "(`m2ugen app --model DIR`)."

@@ -266,10 +266,12 @@ class AudioLDM2Decoder(MusicDecoder):
         embeds, generated = self._split(conditioning.to(self.device, dtype))
         b = embeds.shape[0]
         neg_embeds, neg_mask, neg_generated = self._encode([NEGATIVE_PROMPT] * b)
+        lengths = conditioning_lengths(embeds)
+        log.info("the decoder hears %s of the %d T5 positions",
+                 "/".join(str(n) for n in lengths.tolist()), embeds.shape[1])
         return self._run(seconds, guidance, seed, steps, scheduler, sources, edit_strength, b,
                          prompt_embeds=embeds,  # the UNet hears the caption positions
-                         attention_mask=length_mask(conditioning_lengths(embeds),
-                                                    embeds.shape[1]),
+                         attention_mask=length_mask(lengths, embeds.shape[1]),
                          generated_prompt_embeds=generated,
                          negative_prompt_embeds=neg_embeds.to(dtype),
                          negative_attention_mask=neg_mask,

@@ -135,6 +135,8 @@ class MusicGenDecoder(MusicDecoder):
         dtype = next(self.model.parameters()).dtype
         cond = conditioning.to(self.device, dtype)
         lengths = self.lengths(cond)
+        log.info("the decoder hears %s of the %d conditioning positions",
+                 "/".join(str(n) for n in lengths.tolist()), cond.shape[1])
         mask = length_mask(lengths, int(lengths.max()))
         return cond[:, : mask.shape[1]] * mask[..., None].to(dtype), mask
 
