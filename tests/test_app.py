@@ -384,6 +384,7 @@ def test_the_app_decodes_as_asked(tiny_dir, monkeypatch, tmp_path, capsys):
     shown, _ = send(app, "Describe a calm piano piece.", music="never")
     assert used == ["static"] and texts(shown)[0]
     demo.close()
+    capsys.readouterr()  # the load's progress bars (shown unless an earlier test hid them)
     code = main(["app", "--model", str(tiny_dir), "--compile", "--port", "7869"])
     err = capsys.readouterr().err
     assert code == 2 and "--compile" in err and "static" in err and len(err.splitlines()) == 1
