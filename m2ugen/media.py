@@ -382,7 +382,8 @@ def _pyav_decode(p: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]
 def _video_pyav(p: Path, num_frames: int, max_seconds: float | None) -> np.ndarray:
     with av.open(str(p)) as container:
         if not container.streams.video:
-            raise MediaError(f"{p}: has no video frames (no video stream); pass a video file")
+            raise MediaError(f"{p}: has no video stream (an audio-only file, or a video cut "
+                             "short before its stream header); pass a complete video file")
         n = container.streams.video[0].frames  # 0 when the container does not store it
         if max_seconds is not None and container.duration is not None:
             seconds = container.duration / av.time_base

@@ -407,8 +407,17 @@ def test_video_errors(tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPa
     _use_backend(backend, monkeypatch)
     audio_only = tmp_path / "audio_only.mp4"
     _write_aac(audio_only)
-    with _raises(audio_only, "no video frames"):
+    with _raises(audio_only, "no video"):
         load_video(audio_only)
+    whole = tmp_path / "whole.mp4"
+    _write_video(whole, 20)
+    data = whole.read_bytes()
+    for tenths in range(1, 10):  # a cut file either fails to decode or says it may be cut
+        cut = tmp_path / f"cut{tenths}.mp4"
+        cut.write_bytes(data[: len(data) * tenths // 10])
+        with pytest.raises(MediaError, match=re.escape(cut.name)) as err:
+            load_video(cut)
+        assert "cannot decode video" in str(err.value) or "cut short" in str(err.value)
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(1).bytes(4096))
     with _raises(corrupt, "cannot decode video", "decord", "PyAV"):
