@@ -43,6 +43,10 @@ def musicgen_medium() -> M2UGenConfig:
     return _hub("musicgen-medium", "musicgen", "facebook/musicgen-medium")
 
 
+def musicgen_large() -> M2UGenConfig:
+    return _hub("musicgen-large", "musicgen", "facebook/musicgen-large")
+
+
 # Stereo MusicGen (transformers: the decoder's audio_channels=2, 8 interleaved codebooks);
 # the same T5-base conditioning, so the same projector shape as the mono checkpoints
 def musicgen_stereo_small() -> M2UGenConfig:
@@ -71,6 +75,7 @@ def audioldm2() -> M2UGenConfig:
 HUB_PRESETS: dict[str, Callable[[], M2UGenConfig]] = {
     "musicgen-small": musicgen_small,
     "musicgen-medium": musicgen_medium,
+    "musicgen-large": musicgen_large,
     "musicgen-stereo-small": musicgen_stereo_small,
     "musicgen-stereo-medium": musicgen_stereo_medium,
     "musicgen-stereo-large": musicgen_stereo_large,

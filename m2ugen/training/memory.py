@@ -45,13 +45,21 @@ PUBLISHED_LLM = {
                                      num_key_value_heads=32, vocab_size=32000,
                                      max_position_embeddings=4096),
 }
-PUBLISHED_PARAMS = {  # parameter counts of the frozen encoders and decoders
+# parameter counts of the frozen encoders and decoders (every hub preset's), the decoders
+# counted on `meta` from transformers' and diffusers' classes at the checkpoints' layouts
+# (MusicGen: with its T5-base encoder and 32 kHz EnCodec; stereo: 8 codebooks)
+PUBLISHED_PARAMS = {
     "m-a-p/MERT-v1-330M": 315_000_000,
     "google/vit-base-patch16-224": 86_600_000,
     "google/vivit-b-16x2-kinetics400": 88_600_000,
-    "facebook/musicgen-small": 590_000_000,   # with its T5 encoder and EnCodec
-    "facebook/musicgen-medium": 1_900_000_000,
-    "cvssp/audioldm2-music": 1_100_000_000,
+    "facebook/musicgen-small": 587_600_000,
+    "facebook/musicgen-medium": 2_006_000_000,
+    "facebook/musicgen-large": 3_424_200_000,
+    "facebook/musicgen-stereo-small": 604_400_000,
+    "facebook/musicgen-stereo-medium": 2_031_100_000,
+    "facebook/musicgen-stereo-large": 3_457_700_000,
+    "facebook/musicgen-melody": 1_552_800_000,
+    "cvssp/audioldm2-music": 1_078_000_000,
 }
 
 

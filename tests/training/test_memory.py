@@ -140,3 +140,22 @@ def test_sharding_and_the_8bit_optimizer_shrink_the_estimate(tiny_dir):
     assert parse_card("24GB") == parse_card("24 GiB") == 24 * GiB
     with pytest.raises(Exception, match="--card '0'"):
         parse_card("0")
+
+
+def test_the_planner_counts_every_hub_presets_decoder_without_downloading():
+    """Every hub preset plans offline (a preset the planner did not know was refused before
+    its weights were downloaded), its decoder counted as published; the counts keep the
+    checkpoints' order (small < medium < large; stereo > mono: 8 codebooks)."""
+    from m2ugen.presets import HUB_PRESETS, preset_config
+    from m2ugen.training.memory import PUBLISHED_PARAMS
+
+    counts = {}
+    for name in HUB_PRESETS:
+        arch = architecture(TrainConfig(stage=3, model=name), music=True)
+        ref = preset_config(name).decoder_path
+        counts[ref.split("/")[-1]] = arch.frozen_other["decoder"]
+        assert arch.frozen_other["decoder"] == PUBLISHED_PARAMS[ref], name
+        assert any(note.startswith(f"{ref}: not on this machine") for note in arch.notes), name
+    assert counts["musicgen-small"] < counts["musicgen-medium"] < counts["musicgen-large"]
+    for size in ("small", "medium", "large"):
+        assert counts[f"musicgen-stereo-{size}"] > counts[f"musicgen-{size}"]
