@@ -172,8 +172,10 @@ def test_python_dash_m_cli_runs_the_commands(tmp_path):
         assert command in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "m2ugen.cli", "info", str(tmp_path / "no")],
                          capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and bad.stderr == f"m2ugen: error: {tmp_path / 'no'}: not a " \
-                                                 "model directory\n"
+    assert bad.returncode == 2 and bad.stderr == (
+        f"m2ugen: error: {tmp_path / 'no'}: not a model directory (no such directory); "
+        "`m2ugen info` takes a directory holding m2ugen.json, e.g. ckpts/tiny or a training "
+        "run's out=\n")
 
 
 @pytest.fixture

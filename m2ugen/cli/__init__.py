@@ -67,8 +67,9 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--condition", choices=["embedding", "text"], default="embedding",
                    help="condition the decoder on the projector output (embedding) or on the "
                         "reply text (text, the published behaviour)")
-    p.add_argument("--out", type=Path, default=Path("m2ugen_music.wav"),
-                   help="WAV file for the music (candidates 2.. get -2, -3 … suffixes)")
+    p.add_argument("--out", type=Path, default=None,  # None: not given (--batch refuses it)
+                   help="WAV file for the music (candidates 2.. get -2, -3 … suffixes; "
+                        "default m2ugen_music.wav)")
     p.add_argument("--seconds", type=float, default=10.0, help="music length")
     p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance")
     p.add_argument("--steps", type=int, default=None,

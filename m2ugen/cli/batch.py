@@ -57,15 +57,16 @@ def _parse(where: str, text: str) -> dict[str, Any]:
     return obj
 
 
-def _line(where: str, n: int, obj: dict[str, Any], base: Path, spec) -> BatchLine:
+def _line(n: int, obj: dict[str, Any], base: Path, spec) -> BatchLine:
     from m2ugen.chat import check_utf8
     from m2ugen.config import MODALITIES
     from m2ugen.media import load_media
     from m2ugen.music import MUSIC_MODES
 
     prompt = obj.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise M2UGenError(f"{where}: \"prompt\" is missing or empty; give the message as a "
+    if not isinstance(prompt, str) or not prompt.strip():  # read_requests adds FILE:LINE
+        got = "" if prompt is None or isinstance(prompt, str) else f" (got {prompt!r})"
+        raise M2UGenError(f"\"prompt\" is missing or empty{got}; give the message as a "
                           "string")
     check_utf8(prompt, "the prompt")
     out = BatchLine(line=n, prompt=prompt)
@@ -99,8 +100,8 @@ def read_requests(path: Path, spec) -> list[BatchLine]:
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             where = f"{path}:{n}"
-            try:
-                text = raw.decode("utf-8")
+            try:  # a first line may open with the BOM some editors write (utf-8-sig)
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise M2UGenError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save "
                                   "the file as UTF-8") from None
@@ -108,7 +109,7 @@ def read_requests(path: Path, spec) -> list[BatchLine]:
                 continue
             obj = _parse(where, text)
             try:
-                lines.append(_line(where, n, obj, path.parent, spec))
+                lines.append(_line(n, obj, path.parent, spec))
             except M2UGenError as e:
                 raise M2UGenError(f"{where}: {e}") from None
     if not lines:
@@ -131,13 +132,14 @@ def _check_out_dir(out_dir: Path | None) -> Path:
 
 
 def check_batch_args(args: argparse.Namespace) -> None:
-    """--batch excludes a PROMPT, --interactive and the single-reply attachments."""
+    """--batch excludes a PROMPT, --interactive, the single-reply attachments and --out."""
     clash = [name for name, on in (("PROMPT", args.prompt), ("--interactive", args.interactive),
                                    ("--audio", args.audio), ("--image", args.image),
-                                   ("--video", args.video)) if on]
+                                   ("--video", args.video), ("--out", args.out)) if on]
     if clash:
-        raise M2UGenError(f"--batch takes its prompts and media from the file; drop "
-                          f"{', '.join(clash)} (or put them on a line of the file)")
+        raise M2UGenError(f"--batch takes its prompts and media from the file and writes "
+                          f"into --out-dir; drop {', '.join(clash)} (or put them on a line "
+                          "of the file)")
     if isinstance(args.batch_size, bool) or args.batch_size < 1:
         raise M2UGenError(f"--batch-size {args.batch_size}: use a whole number of at least 1")
     _check_out_dir(args.out_dir)

@@ -19,6 +19,7 @@ from m2ugen.errors import M2UGenError, check_device
 
 log = logging.getLogger("m2ugen")
 
+DEFAULT_OUT = Path("m2ugen_music.wav")  # --out when not given
 _MAX_NAME = 255  # bytes in a file name on Linux, macOS and Windows file systems
 _HELP = ("commands: /audio PATH, /image PATH, /video PATH attach media; /reset clears the "
          "conversation; /quit leaves")
@@ -107,6 +108,10 @@ def _load_judge(args: argparse.Namespace, music, makes_music: bool):
         if args.judge is not None:
             raise M2UGenError(f"--judge {args.judge}: judges only with --rerank clap; add "
                               "--rerank clap --num-candidates N, or drop --judge")
+        if args.rerank_against != "request":  # the default; anything else asks for a ranking
+            raise M2UGenError(f"--rerank-against {args.rerank_against}: chooses what --rerank "
+                              "clap compares with; add --rerank clap --num-candidates N, or "
+                              "drop --rerank-against")
         return None
     if not makes_music:
         return None
@@ -167,8 +172,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return _cmd_batch(args, settings, music)
     if not args.prompt and not args.interactive:
         raise M2UGenError("no prompt given; pass PROMPT or use --interactive")
+    if args.edit_strength is not None and not args.audio and not args.interactive:
+        raise M2UGenError(f"--edit-strength {args.edit_strength:g}: says how much of an edit "
+                          "of attached music is new, and none is attached; add --audio FILE, "
+                          "or drop --edit-strength")
     if args.prompt:
         check_utf8(args.prompt, "the prompt")
+    if args.out is None:
+        args.out = DEFAULT_OUT
     _check_out(args.out, writing=music.music != "never")
     check_device(args.device, "--device")
     check_quantize(args.quantize, args.device, None)

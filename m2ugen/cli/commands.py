@@ -81,12 +81,13 @@ def cmd_cache_features(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_data(args: argparse.Namespace) -> int:
-    from m2ugen.data.synth import MAX_ITEMS, synthesize
+    from m2ugen.data.synth import MAX_ITEMS, check_out, synthesize
 
     check_seed(args.seed, "--seed")
     for field in ("n_audio", "n_images", "n_videos"):  # files are written per item: a bound
         check_number(getattr(args, field), flag_name(field), integer=True, minimum=1,
                      maximum=MAX_ITEMS)
+    check_out(args.out)
     spec, counts = synthesize(args.out, seed=args.seed, n_audio=args.n_audio,
                               n_images=args.n_images, n_videos=args.n_videos)
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -110,7 +111,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = Path(args.dir)
     if not path.is_dir():
-        raise ConfigError(f"{path}: not a model directory")
+        what = "is a file" if path.is_file() else "no such directory"
+        raise ConfigError(f"{path}: not a model directory ({what}); `m2ugen info` takes a "
+                          "directory holding m2ugen.json, e.g. ckpts/tiny or a training run's "
+                          "out=")
     print(describe(path))
     return 0
 

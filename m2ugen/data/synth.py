@@ -293,6 +293,24 @@ stage3:
   - {{format: instruct, file: muvideo.json, input_root: videos, output_root: audio}}
   - {{format: instruct, file: muedit.json, input_root: audio, output_root: audio_edit}}
 """
+# what synthesize writes at the top of `out` (an earlier run's are rewritten; a user's are not)
+WRITES = ("dataset.yaml", "audio", "audio_edit", "images", "videos", "mucaps.json",
+          "image_captions.json", "video_captions.json", "musicqa.json", "alpaca.json",
+          "muimage.json", "muvideo.json", "muedit.json")
+
+
+def check_out(out: Path) -> None:
+    """ConfigError when `out` holds files of the user's that synthesize would overwrite (a
+    directory an earlier `m2ugen synth-data` wrote is rewritten)."""
+    spec = out / "dataset.yaml"
+    head = SPEC_TEMPLATE.split("(", 1)[0]
+    if spec.is_file() and spec.read_bytes().startswith(head.encode()):
+        return
+    taken = [name for name in WRITES if (out / name).exists()] if out.is_dir() else []
+    if taken:
+        raise ConfigError(f"{out / taken[0]}: already there, and {out} is not a dataset "
+                          "`m2ugen synth-data` wrote; it would be overwritten: choose a new or "
+                          "empty directory")
 
 
 def _instruct(input_file: str, request: str, input_caption: str, modality: str,

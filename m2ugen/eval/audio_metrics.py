@@ -68,7 +68,7 @@ def kl_per_item(reference_logits: torch.Tensor, generated_logits: torch.Tensor) 
     metric = KLDivergence(log_prob=True, reduction="none")
     ref = torch.log_softmax(reference_logits.double(), dim=-1)
     gen = torch.log_softmax(generated_logits.double(), dim=-1)
-    return metric(ref, gen).float()
+    return metric(ref, gen).float().reshape(-1)  # torchmetrics gives one pair as a scalar
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0

@@ -19,7 +19,7 @@ from m2ugen.errors import ConfigError, check_device
 from m2ugen.eval import tasks as T
 from m2ugen.eval.config import EvalModels, resolve_eval_models
 from m2ugen.eval.embeddings import ClipFiles
-from m2ugen.eval.report import read_results, write_plot, write_results, write_table
+from m2ugen.eval.report import RESULTS, read_results, write_plot, write_results, write_table
 from m2ugen.eval.score import (
     METRICS,
     MUSIC_METRICS,
@@ -94,6 +94,17 @@ def _results(task: str, label: str, scores: Scores, metrics: list[str], models: 
             "items": rows, "m2ugen_version": _version(), **extra}
 
 
+def _check_table(out: Path) -> None:
+    """The runs in `out` that its table.md will compare, read before the slow work: a
+    foreign or damaged results.json there would otherwise stop the run at its very end."""
+    for f in sorted(out.glob(f"*/{RESULTS}")):
+        try:
+            read_results(f)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; --out {out} holds it, and its table.md compares every "
+                              "run there: move it away or choose another --out") from e
+
+
 def _finish(out: Path, run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     write_results(run_dir, results)
     write_plot(run_dir / "plot.png", [results])
@@ -117,6 +128,7 @@ def evaluate_model(run: ModelRun) -> dict[str, Any]:
                              data=str(Path(run.data).absolute()), dtype=dtype_name(dtype),
                              **run.settings)
     T.check_resume(run_dir, settings, items)  # before the slow model load
+    _check_table(Path(run.out))
     model = run.loaded
     if model is None:
         model = M2UGen.from_pretrained(run.model, device=device, dtype=dtype,
@@ -225,6 +237,7 @@ def evaluate_folder(run: FolderRun) -> dict[str, Any]:
             raise ConfigError(f"--sources {run.sources}: no source for {lacking[0]}")
         sources = ClipFiles([src[n] for n in names])
     label = run.label or Path(run.generated).absolute().name
+    _check_table(Path(run.out))
     models = resolve_eval_models(run.embeddings, run.model_overrides)
     scores = score_music(ClipFiles([gen[n] for n in names]), metrics, models, device,
                          references=ClipFiles([ref[n] for n in names]), captions=captions,

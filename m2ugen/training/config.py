@@ -227,7 +227,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     overridden: set[str] = set()
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: write key=value, e.g. max_steps=200")
         data[key.strip()] = _parse_value(value)
         overridden.add(key.strip())

@@ -5,6 +5,7 @@ each)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from m2ugen.data.audio_captions import DATA_FORMATS
@@ -102,9 +103,24 @@ class DecoderTrainConfig(RunConfig):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{name(key)} must be a non-empty string or null, got "
                                   f"{value!r}")
+        if self.eval_metrics and self.eval_embeddings not in (None, "standard", "tiny"):
+            self._check_embeddings_file(name("eval_embeddings"))
         if self.gradient_checkpointing:
             raise ConfigError(f"{name('gradient_checkpointing')}: not offered by "
                               "train-decoder (its modules run in eval mode); drop it")
+
+    def _check_embeddings_file(self, shown: str) -> None:
+        """A JSON file of embedding models, read now: the first scored evaluation would
+        otherwise find it bad only after eval_every training steps."""
+        from m2ugen.eval.config import resolve_eval_models
+
+        if not Path(self.eval_embeddings).is_file():
+            raise ConfigError(f"{shown} {self.eval_embeddings!r}: use standard, tiny or a JSON "
+                              "file naming the models ({role: hub id or directory})")
+        try:
+            resolve_eval_models(self.eval_embeddings)
+        except ConfigError as e:
+            raise ConfigError(f"{shown}: {e}") from e
 
     @property
     def tuning_spec(self) -> Tuning:
