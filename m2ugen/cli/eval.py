@@ -20,9 +20,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _metrics(args: argparse.Namespace) -> list[str] | None:
-    if not args.metrics:
+    if args.metrics is None:
         return None
-    return [m.strip() for m in args.metrics.split(",") if m.strip()]
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not names:  # an empty list would mean every metric
+        raise ConfigError(f"--metrics {args.metrics!r}: names no metric; give comma-separated "
+                          "names as in results.json (e.g. kl,clap_score), or drop --metrics")
+    return names
 
 
 def _print_summary(results: dict, out: Path) -> None:

@@ -94,6 +94,14 @@ def _results(task: str, label: str, scores: Scores, metrics: list[str], models: 
             "items": rows, "m2ugen_version": _version(), **extra}
 
 
+def _check_label(label: str) -> str:
+    """A row name, which is also the run's folder under --out: one plain path component."""
+    if not label.strip() or label in (".", "..") or Path(label).name != label or "\\" in label:
+        raise ConfigError(f"--label {label!r}: the row name is also its folder under --out; "
+                          "use a plain name without / (e.g. my-system)")
+    return label
+
+
 def _check_table(out: Path) -> None:
     """The runs in `out` that its table.md will compare, read before the slow work: a
     foreign or damaged results.json there would otherwise stop the run at its very end."""
@@ -212,6 +220,8 @@ def evaluate_folder(run: FolderRun) -> dict[str, Any]:
     paired metrics: KL, CLAP with --captions, chroma with --sources)."""
     device = check_device(run.device, "--device")
     metrics = choose_metrics(run.metrics, MUSIC_METRICS)
+    label = _check_label(run.label) if run.label is not None else \
+        Path(run.generated).absolute().name
     gen = _audio_files(Path(run.generated), "--generated")
     ref = _audio_files(Path(run.reference), "--reference")
     missing = sorted(set(gen) - set(ref))
@@ -236,7 +246,6 @@ def evaluate_folder(run: FolderRun) -> dict[str, Any]:
         if lacking:
             raise ConfigError(f"--sources {run.sources}: no source for {lacking[0]}")
         sources = ClipFiles([src[n] for n in names])
-    label = run.label or Path(run.generated).absolute().name
     _check_table(Path(run.out))
     models = resolve_eval_models(run.embeddings, run.model_overrides)
     scores = score_music(ClipFiles([gen[n] for n in names]), metrics, models, device,

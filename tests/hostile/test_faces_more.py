@@ -126,6 +126,25 @@ def test_eval_of_one_item(tmp_path, capsys, tiny_dir, synth_small):
     assert len(results["items"]) == 1 and "kl" in results["items"][0]["scores"]
 
 
+
+@pytest.mark.parametrize("label", ["../escaped", "a/b", "..", ""])
+def test_eval_folder_label_stays_inside_out(tmp_path, capsys, media, label):
+    """--label names the run's folder under --out: '../escaped' wrote the results beside
+    --out, then failed with 'holds no results.json'."""
+    err = one_line_error(capsys, ["eval", "folder", "--generated", str(media), "--reference",
+                                  str(media), "--label", label, "--out", str(tmp_path / "out"),
+                                  "--embeddings", "tiny", "--metrics", "kl"])
+    assert f"--label {label!r}" in err and "plain name" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_eval_metrics_naming_none_is_refused(tmp_path, capsys, media):
+    err = one_line_error(capsys, ["eval", "folder", "--generated", str(media), "--reference",
+                                  str(media), "--metrics", " , ", "--out", str(tmp_path / "o"),
+                                  "--embeddings", "tiny"])
+    assert "--metrics ' , '" in err and "names no metric" in err, err
+    assert not (tmp_path / "o").exists()
+
 # ---- training overrides --------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["bogus", "{tmp}/embeddings.json"])
 def test_decoder_eval_embeddings_checked_before_training(tmp_path, capsys, value):
