@@ -19,6 +19,7 @@ It prints, and writes to `--out` as JSON:
 
     python benchmarks/gpu_suite.py                 # on a CUDA GPU, bf16, full size
     python benchmarks/gpu_suite.py --small         # CPU, tiny shapes, fp32
+    python benchmarks/gpu_suite.py --dtype fp16    # a GPU without bf16 (V100)
 """
 
 from __future__ import annotations
@@ -367,10 +368,20 @@ def render(decoder, device, dtype, seconds: float, repeat: int = 1, **kw) -> flo
                for _ in range(repeat))
 
 
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype: auto is bf16 on a GPU (the measuring dtype) and fp32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny shapes on the CPU (CI)")
     ap.add_argument("--device", default=None, help="default: cuda, or cpu with --small")
+    ap.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                    help="auto: bf16 on a GPU, fp32 on the CPU; fp16 for GPUs without bf16 "
+                         "(V100); bf16 on the CPU fits the full-size build in 24 GB of RAM")
     ap.add_argument("--new-tokens", type=int, default=None,
                     help="decoded tokens per measurement (default 256; 32 with --small)")
     ap.add_argument("--seconds", type=float, default=None,
@@ -389,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     small = args.small
     device = torch.device(args.device or ("cpu" if small else "cuda"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = pick_dtype(args.dtype, device)
     n_new = args.new_tokens or (32 if small else 256)
     seconds = args.seconds or (1.0 if small else 10.0)
     repeat = args.repeat or (3 if small else 1)

@@ -74,3 +74,13 @@ def test_the_small_build_is_a_working_assistant(suite, tiny_dir):
     assert suite.first_token(model, ids, media["image"]) > 0
     assert model.decoder.cond_shape == (model.config.projector_tokens,
                                         model.config.projector_dim)
+
+
+def test_dtype_choice(suite):
+    """auto measures in bf16 on a GPU and fp32 on the CPU; fp16 is there for GPUs without
+    bf16 (V100), bf16 for a full-size build in a CPU's RAM."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert suite.pick_dtype("auto", cuda) == torch.bfloat16
+    assert suite.pick_dtype("auto", cpu) == torch.float32
+    assert suite.pick_dtype("fp16", cuda) == torch.float16
+    assert suite.pick_dtype("bf16", cpu) == torch.bfloat16
