@@ -107,3 +107,20 @@ def test_cli_chat_with_tiny_melody(ckpts, tmp_path, capsys):
         outs[name] = out.read_bytes()
     assert outs["c"] != outs["f"]  # the source's melody conditions the render
     assert outs["ignored"] not in (outs["c"], outs["f"])
+
+
+def test_melody_hears_a_projectors_near_zero_padding_as_zeros(decoder):
+    """A trained projector's padding is ~0, not exactly 0: the melody decoder (a prefix
+    without a mask) hears it as the zeros of its text path — each row's padding is zeroed,
+    not only cut past the longest caption."""
+    from m2ugen.modules.decoders import TARGET_SCALE
+
+    captions = ["A sad violin.", "Energetic rock with loud drums and a guitar solo, 140 BPM."]
+    target, mask = decoder.target(captions)
+    states = target * mask / TARGET_SCALE
+    g = torch.Generator().manual_seed(3)
+    near = states + 0.01 * torch.randn(states.shape, generator=g) * ~mask
+    assert decoder.lengths(near).tolist() == decoder.lengths(states).tolist()
+    kw = {"seconds": 0.3, "guidance": 3.0, "seed": 4}
+    np.testing.assert_allclose(decoder.generate(near, **kw),
+                               decoder.generate_from_text(captions, **kw), atol=1e-4)

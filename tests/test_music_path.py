@@ -249,3 +249,35 @@ def test_requested_steps_reach_audioldm2(tiny_audioldm2_model, steps):
     finally:
         handle.remove()
     assert len(calls) == steps
+
+
+def test_the_music_loss_of_a_batch_sums_every_music_row(tiny_model):
+    """Two music rows in one batch (captions of 5 and 9 positions): the summed MSE and its
+    count are the sums of each row's own, so the trainer's global mean weighs every row."""
+    model, tok = tiny_model, tiny_model.tokenizer
+    examples = [Example("Compose a calm piece.", "Here is a calm piece.",
+                        music_caption="A calm piano arpeggio."),
+                Example("Compose loud rock.", "Loud rock with drums.",
+                        music_caption="Loud rock.")]
+    rows = [tokenize_example(ex, tok, model.config.prompt_template, model.llm.audio_token_ids,
+                             256) for ex in examples]
+    batch = collate([{"input_ids": r.input_ids, "labels": r.labels} for r in rows],
+                    pad_id=tok.pad_token_id or 0)
+    shape = (2, *model.decoder.cond_shape)
+    target = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[0, :5], mask[1, :9] = True, True
+
+    def loss(which):
+        with torch.no_grad():
+            return model(batch["input_ids"], batch["attention_mask"], batch["labels"], {},
+                         music_rows=torch.tensor(which),
+                         music_positions=torch.tensor([rows[i].audio_positions
+                                                       for i in which]),
+                         music_target=target[which], music_mask=mask[which])
+
+    both, first, second = loss([0, 1]), loss([0]), loss([1])
+    torch.testing.assert_close(both["mse_sum"], first["mse_sum"] + second["mse_sum"],
+                               rtol=1e-5, atol=0)
+    assert both["mse_count"] == first["mse_count"] + second["mse_count"] == mask.sum()
+    assert second["mse_sum"] > 0.1 * both["mse_sum"]  # the second row weighs in

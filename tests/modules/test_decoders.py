@@ -323,3 +323,48 @@ def test_audioldm2_concurrent_renders_share_no_sampler_state(tiny_audioldm2_mode
     assert tolerance > 0
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=tolerance)
+
+
+def test_audioldm2_hears_each_rows_own_caption_positions_in_a_batch(tiny_audioldm2_model):
+    """Two zero-padded captions of different lengths in one batch: AudioLDM2's UNet masks
+    each row past its own caption (not the longest's, nor the first row's)."""
+    dec = tiny_audioldm2_model.decoder
+    captions = ["Energetic rock with loud drums and a guitar solo, 140 BPM.", "A sad violin."]
+    target, mask = dec.target(captions)
+    states = target * mask / TARGET_SCALE
+    real = dec.text_states(mask)[:, :, 0]  # (2, 128) the captions' positions
+    assert real[0].sum() > real[1].sum()
+    seen = []
+    handle = dec.pipe.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["encoder_attention_mask_1"].clone()),
+        with_kwargs=True)
+    try:
+        dec.generate(states, seconds=0.3, guidance=1.0, seed=0, steps=1)
+    finally:
+        handle.remove()
+    assert torch.equal(seen[0].long(), real.long())
+
+
+def test_conditioning_lengths_measure_each_row_by_its_own_largest_state():
+    """A row is read against its own largest state, not the batch's: a quiet caption batched
+    with a loud one keeps its length, and a loud row does not lose its tail to it."""
+    g = torch.Generator().manual_seed(1)
+    quiet = torch.randn(16, 8, generator=g)
+    quiet[11:] = 0  # a caption of 11
+    loud = 100 * torch.randn(16, 8, generator=g)
+    loud[6:] = 0.01 * loud[6:]  # a caption of 6, then its ~0 padding
+    states = torch.stack([quiet, loud])
+    assert conditioning_lengths(states).tolist() == [11, 6]
+    assert conditioning_lengths(states[:1]).tolist() == [11]
+
+
+def test_a_state_a_fifth_of_the_largest_is_padding_a_third_is_caption():
+    """PAD_FRACTION (a quarter) in use: a projector that learned the zeros only roughly
+    (its padding at a fifth of its largest state) is still cut at the caption, while a
+    caption whose last state is a third of its largest keeps that state."""
+    g = torch.Generator().manual_seed(2)
+    states = torch.randn(2, 12, 8, generator=g)
+    states = states / states.norm(dim=-1, keepdim=True)  # unit norms
+    states[:, 6:] *= 0.2  # row 0: padding at a fifth of the largest
+    states[1, 6] *= 0.3 / 0.2  # row 1: its 7th state at a third, then the fifths
+    assert conditioning_lengths(states).tolist() == [6, 7]
