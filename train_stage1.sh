@@ -12,5 +12,7 @@ cd "$(dirname "$0")"
 BIN=$( [ -x .venv/bin/m2ugen ] && echo .venv/bin/ || true )
 DATA=${DATA:-data/synth/dataset.yaml}
 if [ "$DATA" = data/synth/dataset.yaml ] && [ ! -f "$DATA" ]; then "${BIN}m2ugen" synth-data data/synth; fi
+# a mistake in the config or the overrides: one line here, not a torchrun traceback
+"${BIN}m2ugen" train --check --config configs/stage1.yaml model="${MODEL:-tiny}" data="$DATA" out="${OUT:-runs/stage1}" "$@"
 # shellcheck disable=SC2086  # TORCHRUN_ARGS holds several flags
 exec "${BIN}torchrun" ${TORCHRUN_ARGS:---standalone} --nproc_per_node "${NPROC:-1}" -m m2ugen.cli train --config configs/stage1.yaml model="${MODEL:-tiny}" data="$DATA" out="${OUT:-runs/stage1}" "$@"

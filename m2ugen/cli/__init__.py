@@ -154,6 +154,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="load nothing: print the estimated memory per GPU for this config "
                         "(weights, trained tensors, gradients, optimizer, activations)")
+    p.add_argument("--check", action="store_true",
+                   help="only read the config and overrides and say what is wrong (the stage "
+                        "scripts run this before torchrun, whose report of a failed rank "
+                        "would bury a one-line mistake in a traceback)")
     p.add_argument("--gpus", type=int, default=1, help="with --dry-run: GPUs (ranks)")
     p.add_argument("--card", help="with --dry-run: GPU memory, e.g. 24GB; says whether it "
                                   "fits and which setting would")

@@ -40,6 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from m2ugen.training.loop import train
 
     cfg = load_train_config(args.config, args.overrides)
+    if args.check:
+        return 0
     if args.dry_run:
         from m2ugen.training.memory import parse_card, report
 

@@ -67,7 +67,11 @@ class RunConfig:
             setattr(self, key, check_number(getattr(self, key), name(key), integer=True,
                                             minimum=1))
         self.warmup_steps = check_number(self.warmup_steps, name("warmup_steps"),
-                                         integer=True, minimum=0, maximum=self.max_steps)
+                                         integer=True, minimum=0)
+        if self.warmup_steps > self.max_steps:  # e.g. a short trial run: max_steps=1
+            raise ConfigError(f"{name('warmup_steps')} {self.warmup_steps} is longer than "
+                              f"max_steps {self.max_steps}; add warmup_steps=0 (or fewer) or "
+                              "raise max_steps")
         # a DataLoader worker is a process: more than a machine can hold is a typo
         self.num_workers = check_number(self.num_workers, name("num_workers"), integer=True,
                                         minimum=0, maximum=1024)

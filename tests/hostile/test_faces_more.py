@@ -194,3 +194,24 @@ def test_info_on_what_is_not_a_directory_names_the_fix(tmp_path, capsys, make, w
     err = one_line_error(capsys, ["info", str(target)])
     assert f"{target}: not a model directory ({what})" in err and "m2ugen.json" in err, err
 
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_a_stage_scripts_mistake_is_one_line_not_a_torchrun_traceback(stage, tmp_path):
+    """`./train_stageN.sh max_steps=1`: the shipped warmup is longer than one step. Under
+    torchrun every rank printed the error and torchrun added its ChildFailedError
+    traceback; the script now checks the config first (`m2ugen train --check`)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DATA": str(tmp_path / "dataset.yaml"),
+           "OUT": str(tmp_path / "run"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run([str(REPO / f"train_stage{stage}.sh"), "max_steps=1"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "warmup_steps (command line)" not in done.stderr  # the config's own value
+    assert "max_steps 1" in done.stderr and "warmup_steps=0" in done.stderr
+    assert not (tmp_path / "run").exists()
