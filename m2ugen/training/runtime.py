@@ -119,7 +119,14 @@ def optimizer_step(optim: torch.optim.Optimizer, sched, scaler: torch.amp.GradSc
                    skipped_so_far: int) -> StepResult:
     """Unscale, clip, step (skipped by the scaler on inf/NaN fp16 gradients), zero the
     gradients and advance the schedule; a skipped step is logged (it still counts)."""
-    scaler.unscale_(optim)
+    with warnings.catch_warnings():
+        # torch's ShardedGradScaler hands its (1,)-shaped found_inf to the DTensor op of
+        # FSDP2's gradients, which warns once per step that it replicates it: torch's own
+        # pairing, right as it is (the step is skipped on every rank alike), and nothing a
+        # user can change; it buried the training log under a warning per step
+        warnings.filterwarnings("ignore", "Found a non-scalar tensor with numel=1",
+                                UserWarning)
+        scaler.unscale_(optim)
     grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else None)
     scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optim)  # skipped when a gradient is inf/NaN (fp16 only)
