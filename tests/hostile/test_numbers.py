@@ -13,26 +13,11 @@ from typing import Any
 import pytest
 
 from m2ugen.chat import GenerationSettings
-from m2ugen.cli import main
 from m2ugen.errors import ChatError, ConfigError, M2UGenError
 from m2ugen.music import MusicSettings
 
 NAN, INF = float("nan"), float("inf")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    """Run `m2ugen ARGV`; assert exit 2 with one `m2ugen: error:` line; return it."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's refusals exit (the console script's way too)
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("m2ugen: error: ")]
-    assert len(lines) == 1 and err.count("\n") == 1, err
-    return lines[0]
 
 
 # ---- m2ugen chat -----------------------------------------------------------------------
@@ -47,18 +32,18 @@ def one_line_error(capsys, argv: list[str]) -> str:
     ("--steps", "0"), ("--steps", "1001"),
     ("--num-candidates", "0"), ("--num-candidates", "17"),
 ])
-def test_chat_option_out_of_range(tiny_dir, tmp_path, capsys, flag, value):
-    line = one_line_error(capsys, ["chat", "--model", str(tiny_dir), "--music", "always",
-                                   "--max-new-tokens", "2", "--out", str(tmp_path / "m.wav"),
-                                   f"{flag}={value}", "hi"])
+def test_chat_option_out_of_range(tiny_dir, tmp_path, one_line_error, flag, value):
+    line = one_line_error(["chat", "--model", str(tiny_dir), "--music", "always",
+                           "--max-new-tokens", "2", "--out", str(tmp_path / "m.wav"),
+                           f"{flag}={value}", "hi"])
     assert flag in line  # named as typed, not as the Python field (top_p)
 
 
 @pytest.mark.parametrize("flag, value", [
     ("--seed", "abc"), ("--temperature", "warm"), ("--max-new-tokens", "1.5"),
 ])
-def test_chat_option_not_a_number_is_one_line_not_a_usage_block(capsys, flag, value):
-    line = one_line_error(capsys, ["chat", flag, value, "hi"])
+def test_chat_option_not_a_number_is_one_line_not_a_usage_block(one_line_error, flag, value):
+    line = one_line_error(["chat", flag, value, "hi"])
     assert flag in line and "usage:" not in line
 
 
@@ -70,8 +55,8 @@ def test_chat_option_not_a_number_is_one_line_not_a_usage_block(capsys, flag, va
     (["synth-data", "{tmp}/d", "--n-images", "-1"], "--n-images"),
     (["synth-data", "{tmp}/d", "--n-videos", "1000000"], "--n-videos"),
 ])
-def test_other_commands_numbers(tmp_path, capsys, argv, flag):
-    line = one_line_error(capsys, [a.format(tmp=tmp_path) for a in argv])
+def test_other_commands_numbers(tmp_path, one_line_error, argv, flag):
+    line = one_line_error([a.format(tmp=tmp_path) for a in argv])
     assert flag in line
     assert not (tmp_path / "t").exists() and not (tmp_path / "d").exists()  # refused first
 
@@ -109,9 +94,9 @@ BAD_SETTINGS = [
 
 
 @pytest.mark.parametrize("key, value", BAD_SETTINGS)
-def test_train_override(tmp_path, capsys, key, value):
-    line = one_line_error(capsys, ["train", "--config", str(REPO / "configs/stage1.yaml"),
-                                   f"out={tmp_path / 'run'}", f"{key}={value}"])
+def test_train_override(tmp_path, one_line_error, key, value):
+    line = one_line_error(["train", "--config", str(REPO / "configs/stage1.yaml"),
+                           f"out={tmp_path / 'run'}", f"{key}={value}"])
     assert f"{key} (command line)" in line
     assert not (tmp_path / "run").exists()
 
