@@ -40,7 +40,8 @@ def test_batch_file_gives_the_replies_of_one_chat_per_line(tiny_dir, media, tmp_
     assert replies[0]["image"] == "pic.png" and replies[0]["wav"] == str(out_dir /
                                                                          "reply-0001.wav")
     assert "wav" not in replies[1] and "wav" not in replies[2]  # auto: no [AUD] tokens here
-    assert sorted(p.name for p in out_dir.iterdir()) == ["replies.jsonl", "reply-0001.wav"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["batch.json", "replies.jsonl",
+                                                         "reply-0001.wav"]
     for line, reply in zip(lines, replies, strict=True):
         one = tmp_path / "one.wav"
         argv = ["chat", "--model", str(tiny_dir), "--seed", str(line["seed"]), "--music",
@@ -102,3 +103,51 @@ def test_batch_option_mistakes_are_one_line(tmp_path, capsys):
              "--compile needs --cache static")):
         code, _, err = _run(capsys, "chat", *argv)
         assert code == 2 and err.count("\n") == 1 and expect in err, (argv, err)
+
+
+def test_a_stopped_batch_continues_where_it_stopped(tiny_dir, tmp_path, capsys, monkeypatch):
+    """Stopped after its first batch (Ctrl-C), the run has written that batch's replies;
+    the same command again answers only the rest, and the file equals an uninterrupted
+    run's. Another batch (here: other settings) in the same DIR is refused before the model
+    loads, and a finished batch is not answered again."""
+    import m2ugen.chat
+
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": p, "seed": k}) + "\n" for k, p in
+                                enumerate(["Hi", "Describe a calm song", "Name a tempo"], 1)))
+    argv = ["chat", "--model", str(tiny_dir), "--batch", str(requests), "--batch-size", "2",
+            "--music", "never", *COMMON]
+    whole = tmp_path / "whole"
+    assert _run(capsys, *argv, "--out-dir", str(whole))[0] == 0
+
+    real, calls = m2ugen.chat.send_batch, []
+
+    def stopped_after_one_batch(model, requests, *args, **kwargs):
+        calls.append(len(requests))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, requests, *args, **kwargs)
+
+    monkeypatch.setattr(m2ugen.chat, "send_batch", stopped_after_one_batch)
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, *argv, "--out-dir", str(out))
+    assert code == 130 and "interrupted" in err, err
+    assert len((out / "replies.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(m2ugen.chat, "send_batch", lambda *a, **k: (calls.append(
+        len(a[1])), real(*a, **k))[1])
+    code, _, err = _run(capsys, *argv, "--out-dir", str(out))
+    assert code == 0, err
+    assert calls == [2, 1, 1]  # batch 2 (request 3) stopped; the rerun answered only it
+    assert "2 of 3 replies already there" in err
+    assert (out / "replies.jsonl").read_text() == (whole / "replies.jsonl").read_text()
+
+    import m2ugen.model
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(m2ugen.model.M2UGen, "from_pretrained", no_load)
+    code, _, err = _run(capsys, *argv, "--out-dir", str(out))
+    assert code == 0 and "all 3 replies are already there" in err, err
+    code, _, err = _run(capsys, *argv, "--max-new-tokens", "5", "--out-dir", str(out))
+    assert code == 2 and err.count("\n") == 1 and "of another batch" in err, err

@@ -5,13 +5,17 @@ A line is one JSON object: {"prompt": "…", "audio"|"image"|"video": "path" (op
 relative to the file's folder), "seed": n (optional), "music": "auto|always|never"
 (optional; default --music)}. Blank lines are skipped. Every line is checked and its media
 decoded before the model loads; a mistake is one line naming FILE:LINE. DIR/replies.jsonl
-gets one line per request, in order, written atomically once all are done; music goes to
-DIR/reply-NNNN.wav.
+gets one line per request, in order, rewritten atomically after every batch; music goes to
+DIR/reply-NNNN.wav. DIR/batch.json names the batch (the requests file's hash, the model and
+every setting that shapes a reply, not --batch-size): a run stopped part-way continues
+where it stopped when the same command is run again, and a DIR that holds another batch's
+replies is refused before the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +30,8 @@ from m2ugen.errors import M2UGenError, check_seed
 log = logging.getLogger("m2ugen")
 
 KEYS = ("prompt", "audio", "image", "video", "seed", "music")
+STATE = "batch.json"  # what DIR/replies.jsonl answers: batch_identity
+REPLIES = "replies.jsonl"
 
 
 @dataclass
@@ -145,10 +151,40 @@ def check_batch_args(args: argparse.Namespace) -> None:
     _check_out_dir(args.out_dir)
 
 
+def batch_identity(requests_file: Path, **what: Any) -> dict[str, Any]:
+    """What a DIR's replies answer: the requests file's bytes (hashed) and `what` (model,
+    settings), as JSON reads it back (so a saved identity compares equal)."""
+    digest = hashlib.sha256(requests_file.read_bytes()).hexdigest()
+    return json.loads(json.dumps({"format": 1, "requests": digest, **what}, default=str))
+
+
+def replies_done(out_dir: Path, identity: dict[str, Any],
+                 lines: list[BatchLine]) -> list[dict[str, Any]]:
+    """The records an earlier run of this same batch left in DIR/replies.jsonl (none when
+    DIR has no replies); ConfigError when DIR holds another batch's replies."""
+    replies = out_dir / REPLIES
+    if not replies.exists():
+        return []
+    try:
+        saved = json.loads((out_dir / STATE).read_text(encoding="utf-8"))
+        records = [json.loads(x) for x in replies.read_text(encoding="utf-8").splitlines()
+                   if x.strip()]
+    except (OSError, ValueError):
+        saved, records = None, []
+    done = [r.get("line") if isinstance(r, dict) else None for r in records]
+    if saved != identity or done != [b.line for b in lines[:len(records)]]:
+        raise M2UGenError(f"--out-dir {out_dir}: holds {REPLIES} of another batch (other "
+                          "requests, model or settings); choose another --out-dir, or delete "
+                          f"{replies} to start again")
+    return records
+
+
 def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
-              batch_size: int, judge=None) -> Path:
+              batch_size: int, judge=None, identity: dict[str, Any] | None = None) -> Path:
     """Answer every line, write the music and DIR/replies.jsonl; returns its path (`judge`:
-    the --rerank judge; a reranked record lists the files best first with their scores)."""
+    the --rerank judge; a reranked record lists the files best first with their scores).
+    With `identity` (batch_identity), the replies of an earlier run of the same batch in
+    DIR are kept and only the rest are answered; without, DIR's replies are replaced."""
     from tqdm import tqdm
 
     from m2ugen.chat import ChatRequest, send_batch
@@ -156,10 +192,17 @@ def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
     from m2ugen.media import save_audio
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    made = 0
-    with tqdm(total=len(lines), desc="replies", unit="request", file=sys.stderr) as bar:
-        for start in range(0, len(lines), batch_size):
+    records = replies_done(out_dir, identity, lines) if identity is not None else []
+    if identity is not None:
+        atomic_write_text(out_dir / STATE, json.dumps(identity, indent=2) + "\n")
+    if records:
+        print(f"{out_dir / REPLIES}: {len(records)} of {len(lines)} replies already there "
+              "(an earlier run of this batch); answering the rest", file=sys.stderr)
+    replies = out_dir / REPLIES
+    made = sum("wav" in r for r in records)
+    with tqdm(total=len(lines), initial=len(records), desc="replies", unit="request",
+              file=sys.stderr) as bar:
+        for start in range(len(records), len(lines), batch_size):
             chunk = lines[start:start + batch_size]
             requests = [ChatRequest(b.prompt, seed=b.seed, music=b.music, **b.media)
                         for b in chunk]
@@ -181,9 +224,12 @@ def run_batch(model, lines: list[BatchLine], settings, music, out_dir: Path,
                         record["ranking"] = list(result.music.ranking)
                     made += 1
                 records.append(record)
+            # after every batch: a stopped run keeps what it answered (and resumes there)
+            atomic_write_text(replies, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                               for r in records))
             bar.update(len(chunk))
-    replies = out_dir / "replies.jsonl"
-    atomic_write_text(replies, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                       for r in records))
+    if not replies.exists():  # every reply was already there: nothing was rewritten
+        atomic_write_text(replies, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                           for r in records))
     print(f"wrote {replies} ({len(records)} replies, {made} with music)", file=sys.stderr)
     return replies

@@ -135,7 +135,15 @@ def _load_model(args: argparse.Namespace, decoder: bool):
 
 
 def _cmd_batch(args: argparse.Namespace, settings, music) -> int:
-    from m2ugen.cli.batch import check_batch_args, read_requests, run_batch
+    from dataclasses import asdict
+
+    from m2ugen.cli.batch import (
+        batch_identity,
+        check_batch_args,
+        read_requests,
+        replies_done,
+        run_batch,
+    )
     from m2ugen.model import M2UGen
     from m2ugen.modules.quantize import check_quantize
 
@@ -143,10 +151,18 @@ def _cmd_batch(args: argparse.Namespace, settings, music) -> int:
     check_device(args.device, "--device")
     check_quantize(args.quantize, args.device, None)
     lines = read_requests(args.batch, M2UGen.read_media_spec(args.model))
+    # what the replies depend on (--batch-size does not: a batch answers as one at a time)
+    identity = batch_identity(args.batch, model=args.model, dtype=args.dtype,
+                              device=args.device, quantize=args.quantize, judge=args.judge,
+                              settings=asdict(settings), music=asdict(music))
+    if len(replies_done(args.out_dir, identity, lines)) == len(lines):  # before the load
+        print(f"{args.out_dir / 'replies.jsonl'}: all {len(lines)} replies are already "
+              "there (delete it to answer again)", file=sys.stderr)
+        return 0
     modes = {music.music} | {b.music for b in lines if b.music}
     judge = _load_judge(args, music, makes_music=modes != {"never"})
     model = _load_model(args, decoder=modes != {"never"})
-    run_batch(model, lines, settings, music, args.out_dir, args.batch_size, judge)
+    run_batch(model, lines, settings, music, args.out_dir, args.batch_size, judge, identity)
     return 0
 
 
