@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -357,6 +358,24 @@ def _reason(e: OSError) -> str:
 # what `fingerprint` gave every folder whose weights sit in subfolders (a diffusers
 # pipeline's) before it looked into them: it records nothing
 EMPTY_FINGERPRINT = hashlib.sha1().hexdigest()[:20]
+
+
+def stored_parameters(directory: str | Path) -> int:
+    """Parameters in the safetensors files under `directory`, read from their headers (no
+    weight is loaded); 0 when it is not a local directory or holds none."""
+    total = 0
+    directory = Path(directory)
+    for f in sorted(directory.rglob("*.safetensors")) if directory.is_dir() else []:
+        with open(f, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            try:
+                header = json.loads(fh.read(size))
+            except ValueError as e:
+                raise ConfigError(f"{f}: not a safetensors file (its header is not JSON); "
+                                  "replace it") from e
+        total += sum(math.prod(v["shape"]) for k, v in header.items()
+                     if k != "__metadata__")
+    return total
 
 
 def fingerprint(directory: str | Path) -> str | None:

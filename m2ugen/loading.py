@@ -23,6 +23,7 @@ from m2ugen.checkpoint import (
     fingerprint,
     load_tensors,
     save_tensors,
+    stored_parameters,
 )
 from m2ugen.config import M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError, check_device, nonfinite_weights
@@ -43,6 +44,10 @@ COMPONENT_KEYS = ("llm", "mert", "vit", "vivit", "decoder_path")  # fingerprinte
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_CHOICES = ("auto", *DTYPES)  # what --dtype takes on every face
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names, best first
+GiB = 2**30
+# auto on a CPU without native bf16 takes fp32 while the weights fill at most this share of
+# the available RAM (activations, the tokenizer, Python and the OS need the rest)
+FP32_SHARE = 0.8
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -80,12 +85,27 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def choose_dtype(choice: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+def available_memory() -> int | None:
+    """Bytes of RAM the kernel says a new allocation can get (MemAvailable), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def choose_dtype(choice: str | torch.dtype | None, device: str | torch.device,
+                 parameters: int = 0, available: int | None = None) -> torch.dtype:
     """--dtype auto|bf16|fp16|fp32 (or a torch dtype; None: `default_dtype`) on `device` →
     the dtype to load in, logged with the reason. The one resolver every face uses.
 
     auto: bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU with
-    AMX-BF16 or AVX512-BF16), fp16 on older GPUs, fp32 otherwise.
+    AMX-BF16 or AVX512-BF16), fp16 on older GPUs, fp32 otherwise — except on a CPU where
+    the model's `parameters` in fp32 would not fit the `available` RAM (default: what
+    /proc/meminfo says) and in bf16 would: there bf16, emulated and slower, but it runs
+    (a LLaMA-2-7B-size model: 27 GB in fp32 on a 24 GB machine).
     """
     device = torch.device(device)
     if isinstance(choice, torch.dtype) or choice is None:
@@ -103,6 +123,12 @@ def choose_dtype(choice: str | torch.dtype | None, device: str | torch.device) -
     elif device.type == "cpu":
         dtype, why = torch.float32, ("this CPU has no native bf16 (neither amx_bf16 nor "
                                      "avx512_bf16 in /proc/cpuinfo)")
+        free = available if available is not None else available_memory()
+        if free is not None and 4 * parameters > FP32_SHARE * free >= 2 * parameters:
+            dtype, why = torch.bfloat16, (
+                f"{parameters / 1e9:.1f} B parameters need {4 * parameters / GiB:.1f} GiB in "
+                f"fp32, more than this machine's {free / GiB:.1f} GiB available; bf16 halves "
+                "that (this CPU has no native bf16: emulated, slower; --dtype fp32 to insist)")
     else:
         dtype, why = torch.float32, f"no half-precision rule for {device.type} devices"
     log.info("dtype %s on %s: %s", dtype_name(dtype), device, why)
@@ -135,10 +161,13 @@ def load_model(model_cls: type, name_or_dir: str | Path, device: str | torch.dev
     """Load a model directory or a preset into `model_cls` (M2UGen); see `from_pretrained`."""
     config, base = resolve_model(name_or_dir, model_cls=model_cls)
     device = check_device(device)  # "tpu", "meta", a missing cuda:7: one line
-    dtype = choose_dtype(dtype, device)  # a name ("auto", "bf16", …) is logged with why
-
     def ref(key: str) -> str:
         return resolve_component(getattr(config, key), base)
+
+    # a name ("auto", "bf16", …) is logged with why; auto weighs the weights against RAM
+    parts = ("llm", "mert", "vit", "vivit", *(("decoder_path",) if decoder else ()))
+    dtype = choose_dtype(dtype, device, parameters=sum(
+        stored_parameters(ref(k)) for k in parts) if dtype == "auto" else 0)
 
     encoders = load_encoders(ref("mert"), ref("vit"), ref("vivit"), dtype,
                              config.mert_chunk_seconds, device, trust_remote_code)

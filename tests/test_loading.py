@@ -175,3 +175,30 @@ def test_lora_stays_separate_on_the_cpu_and_the_log_says_so(tiny_dir, caplog):
     assert "LoRA kept beside the base weights on the CPU" in caplog.text
     after = model.llm.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no weight was rewritten
+
+
+def test_auto_on_a_cpu_without_native_bf16_takes_bf16_where_fp32_would_not_fit(
+        tiny_dir, monkeypatch, caplog):
+    """A LLaMA-2-7B-size model is 27 GB in fp32: on a 24 GB machine whose CPU lacks native
+    bf16, auto used to pick fp32 and the load was killed. Now auto weighs the stored
+    parameters against the available RAM: bf16 (emulated, slower) where only it fits,
+    fp32 where fp32 fits or nothing does; a named dtype is taken as asked."""
+    import m2ugen.loading as loading
+    from m2ugen.checkpoint import stored_parameters
+
+    monkeypatch.setattr(loading, "cpu_bf16_feature", lambda cpuinfo=None: None)
+    gib = 2**30
+    with caplog.at_level(logging.INFO, logger="m2ugen.loading"):
+        assert choose_dtype("auto", "cpu", 6_900_000_000, 24 * gib) is torch.bfloat16
+    assert "25.7 GiB in fp32, more than this machine's 24.0 GiB available" in caplog.text
+    assert choose_dtype("auto", "cpu", 1_000_000_000, 24 * gib) is torch.float32
+    assert choose_dtype("auto", "cpu", 20_000_000_000, 24 * gib) is torch.float32
+    assert choose_dtype("fp32", "cpu", 6_900_000_000, 24 * gib) is torch.float32
+    # through the loader: the model directory's own weights are counted (headers only)
+    stored = stored_parameters(tiny_dir)
+    monkeypatch.setattr(loading, "available_memory", lambda: 3 * stored)
+    model = M2UGen.from_pretrained(tiny_dir, dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    monkeypatch.setattr(loading, "available_memory", lambda: 100 * stored)
+    model = M2UGen.from_pretrained(tiny_dir, dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -21,7 +21,6 @@ plus a fixed CUDA context / allocator allowance (`CUDA_OVERHEAD`) when fitting a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from m2ugen.checkpoint import stored_parameters
 from m2ugen.config import MODALITIES, M2UGenConfig, resolve_component
 from m2ugen.errors import ConfigError
 from m2ugen.modules.adapters import OutputProjector, UnderstandingAdapter
@@ -126,12 +126,7 @@ def _local(ref: str, base: Path | None) -> Path | None:
 
 def _safetensors_params(path: Path) -> int:
     """Parameters in a component directory, from its safetensors headers (no weights)."""
-    total = 0
-    for f in sorted(path.rglob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    total = stored_parameters(path)
     if total == 0:
         raise ConfigError(f"{path}: no safetensors weights to count; the planner reads only "
                           "safetensors headers")
