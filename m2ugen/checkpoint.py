@@ -362,19 +362,21 @@ EMPTY_FINGERPRINT = hashlib.sha1().hexdigest()[:20]
 
 def stored_parameters(directory: str | Path) -> int:
     """Parameters in the safetensors files under `directory`, read from their headers (no
-    weight is loaded); 0 when it is not a local directory or holds none."""
+    weight is loaded); 0 when it is not a local directory or holds none. A damaged file
+    counts nothing here: loading it names the damage (`load_tensors`, the loaders)."""
     total = 0
     directory = Path(directory)
     for f in sorted(directory.rglob("*.safetensors")) if directory.is_dir() else []:
-        with open(f, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            try:
+        try:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= f.stat().st_size - 8:  # an empty or garbage file
+                    continue
                 header = json.loads(fh.read(size))
-            except ValueError as e:
-                raise ConfigError(f"{f}: not a safetensors file (its header is not JSON); "
-                                  "replace it") from e
-        total += sum(math.prod(v["shape"]) for k, v in header.items()
-                     if k != "__metadata__")
+            total += sum(math.prod(v["shape"]) for k, v in header.items()
+                         if k != "__metadata__")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
     return total
 
 
