@@ -103,7 +103,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
                    help='answer every line of FILE ({"prompt": …, "audio"|"image"|"video": '
                         'path, "seed": n, "music": "auto|always|never"}); needs --out-dir')
     p.add_argument("--out-dir", type=Path, metavar="DIR",
-                   help="with --batch: DIR/replies.jsonl (in order) and DIR/reply-NNNN.wav")
+                   help="with --batch: DIR/replies.jsonl (in order) and DIR/reply-NNNN.wav; the "
+                        "same command again continues a stopped batch (DIR/batch.json)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="with --batch: requests the LLM answers at once (default 8)")
     p.set_defaults(func=cmd_chat)

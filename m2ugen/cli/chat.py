@@ -138,6 +138,7 @@ def _cmd_batch(args: argparse.Namespace, settings, music) -> int:
     from dataclasses import asdict
 
     from m2ugen.cli.batch import (
+        REPLIES,
         batch_identity,
         check_batch_args,
         read_requests,
@@ -156,7 +157,7 @@ def _cmd_batch(args: argparse.Namespace, settings, music) -> int:
                               device=args.device, quantize=args.quantize, judge=args.judge,
                               settings=asdict(settings), music=asdict(music))
     if len(replies_done(args.out_dir, identity, lines)) == len(lines):  # before the load
-        print(f"{args.out_dir / 'replies.jsonl'}: all {len(lines)} replies are already "
+        print(f"{args.out_dir / REPLIES}: all {len(lines)} replies are already "
               "there (delete it to answer again)", file=sys.stderr)
         return 0
     modes = {music.music} | {b.music for b in lines if b.music}
